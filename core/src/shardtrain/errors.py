@@ -1,0 +1,68 @@
+"""One error base for the whole library.
+
+Every error says what is wrong and what to do about it. Subclasses carry structured data
+(the column that is missing, the columns that exist) as attributes, and all of them pickle,
+because they are raised inside Ray workers and re-raised on the driver.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _rebuild(cls: type[ShardtrainError], message: str, details: dict[str, Any]) -> ShardtrainError:
+    error = cls.__new__(cls)
+    ShardtrainError.__init__(error, message, **details)
+    return error
+
+
+class ShardtrainError(Exception):
+    """Base class of every error shardtrain raises on purpose.
+
+    Keyword arguments become attributes (``error.column``) and survive pickling.
+    """
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        for key, value in details.items():
+            setattr(self, key, value)
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self.message, self.details))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class DataSourceError(ShardtrainError, ValueError):
+    """The data cannot be read: unknown kind of source, missing path, unreadable files."""
+
+
+class EmptyDataError(DataSourceError):
+    """The data (or one shard of it) holds no rows."""
+
+
+class SchemaError(ShardtrainError, ValueError):
+    """A column is missing, duplicated, or of a type the consumer cannot use.
+
+    Attributes: ``column`` (the offending name) and ``available`` (the columns that exist).
+    """
+
+
+class ConfigError(ShardtrainError, ValueError):
+    """An argument or configuration value is impossible (batch size 0, world size 0, ...)."""
+
+
+def missing_columns_error(missing: list[str], available: list[str]) -> SchemaError:
+    """The one message for 'these columns are not there', shared by every consumer."""
+    names = ", ".join(repr(c) for c in missing)
+    plural = "s" if len(missing) > 1 else ""
+    return SchemaError(
+        f"column{plural} {names} not found in the data; available columns: {available}. "
+        "Check the spelling and case (Snowflake upper-cases unquoted identifiers).",
+        column=missing[0],
+        missing=list(missing),
+        available=list(available),
+    )

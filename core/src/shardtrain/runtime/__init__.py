@@ -1,0 +1,1 @@
+"""What the distributors share: Ray connection, worker groups, the per-worker context."""

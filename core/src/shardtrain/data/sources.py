@@ -13,6 +13,8 @@ feeds the model artifact), and a Snowpark session is never pickled at all.
 from __future__ import annotations
 
 import bisect
+import os
+import pickle
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -34,6 +36,8 @@ class Source:
 
     _schema: pa.Schema
     _unit_rows: list[int]
+    #: False where a forked child process cannot read the source (Ray object refs).
+    fork_safe: bool = True
 
     def __init__(self, window: tuple[int, int] | None = None) -> None:
         self._offsets = [0]
@@ -210,7 +214,8 @@ class ParquetSource(Source):
         import pyarrow.parquet as pq
 
         self._path = str(path)
-        self._fs = _resolve_filesystem(self._path, filesystem, storage_options)
+        self._fs_spec = _resolve_filesystem(self._path, filesystem, storage_options)
+        self._fs_pid = os.getpid()
         self._files = _list_parquet_files(self._fs, self._path)
         self._file_rowgroups: list[list[int]] = []
         schema = None
@@ -245,6 +250,14 @@ class ParquetSource(Source):
         ]
         super().__init__()
 
+    @property
+    def _fs(self):
+        """The pyarrow filesystem, rebuilt after a fork (s3fs and others are not fork-safe)."""
+        if self._fs_pid != os.getpid():
+            self._fs_spec = pickle.loads(pickle.dumps(self._fs_spec))
+            self._fs_pid = os.getpid()
+        return self._fs_spec
+
     def describe(self) -> dict[str, Any]:
         return {
             "kind": "parquet",
@@ -261,16 +274,14 @@ class ParquetSource(Source):
             file_index, group = self._unit_location[unit]
             by_file.setdefault(file_index, []).append((group, lo, hi))
         for file_index, groups in by_file.items():
-            # Consecutive row groups of one file in one read: only the first can start late
-            # and only the last can end early, so one skip and one take cover the range.
-            skip = groups[0][1]
-            take = sum(hi - lo for _, lo, hi in groups)
             with self._fs.open_input_file(self._files[file_index]) as handle:
                 reader = pq.ParquetFile(handle, pre_buffer=True)
-                batches = reader.iter_batches(
-                    row_groups=[g for g, _, _ in groups], columns=columns, use_threads=True
-                )
-                yield from _slice_batches(batches, skip, take)
+                # One row group per read: pre-buffering a whole file would hold all of it.
+                for group, lo, hi in groups:
+                    batches = reader.iter_batches(
+                        row_groups=[group], columns=columns, use_threads=True
+                    )
+                    yield from _slice_batches(batches, lo, hi - lo)
 
 
 def _resolve_filesystem(path: str, filesystem: Any, storage_options: dict[str, Any] | None):
@@ -306,30 +317,29 @@ def _list_parquet_files(fs, path: str) -> list[str]:
     from pyarrow import fs as pafs
 
     target = _strip_scheme(path)
-    if any(ch in target for ch in "*?["):
+    try:
+        info = fs.get_file_info(target)
+    except OSError as exc:
+        raise DataSourceError(
+            f"cannot reach {_redact_url(path)!r}: {exc}", path=_redact_url(path)
+        ) from exc
+    if info.type == pafs.FileType.File:
+        files = [target]
+    elif info.type == pafs.FileType.Directory:
+        selector = pafs.FileSelector(target, recursive=True)
+        files = [
+            i.path
+            for i in fs.get_file_info(selector)
+            if i.type == pafs.FileType.File and not _is_hidden(i.path, target)
+        ]
+    elif any(ch in target for ch in "*?["):
         files = _glob(fs, target)
     else:
-        try:
-            info = fs.get_file_info(target)
-        except OSError as exc:
-            raise DataSourceError(
-                f"cannot reach {_redact_url(path)!r}: {exc}", path=_redact_url(path)
-            ) from exc
-        if info.type == pafs.FileType.File:
-            files = [target]
-        elif info.type == pafs.FileType.Directory:
-            selector = pafs.FileSelector(target, recursive=True)
-            files = [
-                i.path
-                for i in fs.get_file_info(selector)
-                if i.type == pafs.FileType.File and not _is_hidden(i.path, target)
-            ]
-        else:
-            raise DataSourceError(
-                f"Parquet path {_redact_url(path)!r} does not exist; give a Parquet file, a "
-                "folder of Parquet files, or a glob such as 'data/*.parquet'.",
-                path=_redact_url(path),
-            )
+        raise DataSourceError(
+            f"Parquet path {_redact_url(path)!r} does not exist; give a Parquet file, a "
+            "folder of Parquet files, or a glob such as 'data/*.parquet'.",
+            path=_redact_url(path),
+        )
     files = sorted(files)
     if not files:
         raise DataSourceError(
@@ -360,6 +370,8 @@ def _glob(fs, pattern: str) -> list[str]:
 
 class RayDatasetSource(Source):
     """A Ray Dataset, executed once into Arrow blocks; any worker fetches the blocks it owns."""
+
+    fork_safe = False
 
     def __init__(self, dataset: Any) -> None:
         import ray
@@ -452,6 +464,7 @@ class ConcatSource(Source):
                     available=self._schema.names,
                 )
         self._unit_rows = [s.num_rows for s in self._sources]
+        self.fork_safe = all(s.fork_safe for s in self._sources)
         super().__init__()
 
     def describe(self) -> dict[str, Any]:

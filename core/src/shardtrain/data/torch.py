@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from shardtrain.data.sharded_data_connector import plan_shards
-from shardtrain.errors import SchemaError
+from shardtrain.errors import DataSourceError, SchemaError
 
 if TYPE_CHECKING:
     from shardtrain.data.data_connector import DataConnector
@@ -82,6 +82,11 @@ class ArrowTorchDataset(IterableDataset):
         worker_id, worker_seed = 0, None
         if info is not None:
             worker_id, worker_seed = info.id, info.seed
+            if not connector._source.fork_safe:
+                raise DataSourceError(
+                    "a Ray Dataset cannot be read from DataLoader worker processes (they have "
+                    "no Ray client); use num_workers=0: its blocks are already read in parallel.",
+                )
             if info.num_workers > 1:
                 start, stop = plan_shards(connector.num_rows, info.num_workers, equal=False)[info.id]
                 connector = connector._part(start, stop)

@@ -30,8 +30,12 @@ def ray_cluster():
     if not ray.is_initialized():
         # Workers import test modules by name (functions and actors defined in tests).
         paths = [p for p in sys.path if p and os.path.isdir(p)]
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}})
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            configure_logging=False,
+            runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}},
+        )
     yield ray
     ray.shutdown()
 
@@ -72,8 +76,12 @@ def s3_server():
     }
     import boto3
 
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                 aws_access_key_id=options["key"],
-                 aws_secret_access_key=options["secret"]).create_bucket(Bucket="shardtrain-test")
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=options["key"],
+        aws_secret_access_key=options["secret"],
+    ).create_bucket(Bucket="shardtrain-test")
     yield options
     server.stop()

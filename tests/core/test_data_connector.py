@@ -132,8 +132,9 @@ def test_to_ray_dataset_round_trip(ray_cluster, tmp_path):
     pq.write_table(pa.table({"x": np.arange(5000)}), tmp_path / "r.parquet", row_group_size=700)
     ds = DataConnector.from_parquet(str(tmp_path / "r.parquet")).to_ray_dataset(batch_size=1024)
     assert ds.count() == 5000
-    assert sorted(DataConnector.from_ray_dataset(ds).to_arrow().column("x").to_pylist()) == \
-        list(range(5000))
+    assert sorted(DataConnector.from_ray_dataset(ds).to_arrow().column("x").to_pylist()) == list(
+        range(5000)
+    )
 
 
 # -- bad input --------------------------------------------------------------------------------
@@ -213,8 +214,9 @@ def test_describe_never_contains_credentials(s3_server, request):
     fs = s3fs.S3FileSystem(**s3_server)
     with fs.open("shardtrain-test/creds/data.parquet", "wb") as handle:
         pq.write_table(pa.table({"a": [1]}), handle)
-    dc = DataConnector.from_parquet("s3://shardtrain-test/creds/data.parquet",
-                                    storage_options=s3_server)
+    dc = DataConnector.from_parquet(
+        "s3://shardtrain-test/creds/data.parquet", storage_options=s3_server
+    )
     text = repr(dc.describe()) + repr(dc)
     assert s3_server["key"] not in text and s3_server["secret"] not in text
     assert "s3://shardtrain-test/creds/data.parquet" in text

@@ -13,27 +13,30 @@ import pyarrow.parquet as pq
 import pytest
 from torch.utils.data import DataLoader
 
-from shardtrain import DataConnector, ShardedDataConnector
+from shardtrain import DataConnector
 
 N = 10_000
 
 
 def expected_table() -> pa.Table:
     rng = np.random.default_rng(0)
-    return pa.table({
-        "ID": np.arange(N, dtype=np.int64),
-        "F1": rng.random(N),
-        "F2": rng.random(N),
-        "LABEL": rng.integers(0, 2, N).astype(np.int64),
-    })
+    return pa.table(
+        {
+            "ID": np.arange(N, dtype=np.int64),
+            "F1": rng.random(N),
+            "F2": rng.random(N),
+            "LABEL": rng.integers(0, 2, N).astype(np.int64),
+        }
+    )
 
 
 def write_parquet_folder(folder, table, files=3, row_group_size=700):
     folder.mkdir(parents=True, exist_ok=True)
     bounds = np.linspace(0, table.num_rows, files + 1).astype(int)
     for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
-        pq.write_table(table.slice(a, b - a), folder / f"part-{i:03d}.parquet",
-                       row_group_size=row_group_size)
+        pq.write_table(
+            table.slice(a, b - a), folder / f"part-{i:03d}.parquet", row_group_size=row_group_size
+        )
     (folder / "_SUCCESS").write_text("")  # hidden/marker files are skipped
     return folder
 
@@ -94,22 +97,35 @@ def make_source(kind, tmp_path, request):
         return DataConnector.from_dataframe(session.table(name))
     if kind == "ray_dataset":
         ray = request.getfixturevalue("ray_cluster")
-        return DataConnector.from_ray_dataset(ray.data.from_arrow([table.slice(0, 4000),
-                                                                   table.slice(4000)]))
+        return DataConnector.from_ray_dataset(
+            ray.data.from_arrow([table.slice(0, 4000), table.slice(4000)])
+        )
     if kind == "result_batches":
         from shardtrain.data.sources import ResultBatchSource
 
         batches = [FakeResultBatch(table.slice(a, 2500)) for a in range(0, N, 2500)]
         return DataConnector(ResultBatchSource(batches, table.schema, {"kind": "snowpark"}))
     if kind == "from_sources":
-        return DataConnector.from_sources(None, [table.slice(0, 3333).to_pandas(),
-                                                 table.slice(3333)])
+        return DataConnector.from_sources(
+            None, [table.slice(0, 3333).to_pandas(), table.slice(3333)]
+        )
     raise AssertionError(kind)
 
 
-KINDS = ["pandas", "arrow", "parquet_file", "parquet_folder", "parquet_glob",
-         "parquet_file_url", "memory_url", "s3_url", "snowpark_local", "ray_dataset",
-         "result_batches", "from_sources"]
+KINDS = [
+    "pandas",
+    "arrow",
+    "parquet_file",
+    "parquet_folder",
+    "parquet_glob",
+    "parquet_file_url",
+    "memory_url",
+    "s3_url",
+    "snowpark_local",
+    "ray_dataset",
+    "result_batches",
+    "from_sources",
+]
 
 
 def as_sorted_frame(table_or_frame) -> pd.DataFrame:
@@ -139,15 +155,31 @@ class TestEverySourceEveryOutput:
 
     def test_iter_batches_columns_and_shuffle(self, kind, tmp_path, request):
         dc = make_source(kind, tmp_path, request)
-        batches = list(dc.iter_batches(batch_size=1000, columns=["LABEL", "ID"], shuffle=True,
-                                       seed=7, shuffle_buffer_rows=2000))
+        batches = list(
+            dc.iter_batches(
+                batch_size=1000,
+                columns=["LABEL", "ID"],
+                shuffle=True,
+                seed=7,
+                shuffle_buffer_rows=2000,
+            )
+        )
         assert all(b.schema.names == ["LABEL", "ID"] for b in batches)
         ids = np.concatenate([b.column("ID").to_numpy() for b in batches])
         assert sorted(ids) == list(range(N))
         assert not np.array_equal(ids, np.arange(N))
-        again = np.concatenate([b.column("ID").to_numpy() for b in dc.iter_batches(
-            batch_size=1000, columns=["LABEL", "ID"], shuffle=True, seed=7,
-            shuffle_buffer_rows=2000)])
+        again = np.concatenate(
+            [
+                b.column("ID").to_numpy()
+                for b in dc.iter_batches(
+                    batch_size=1000,
+                    columns=["LABEL", "ID"],
+                    shuffle=True,
+                    seed=7,
+                    shuffle_buffer_rows=2000,
+                )
+            ]
+        )
         np.testing.assert_array_equal(ids, again)
 
     def test_to_arrow_and_to_pandas(self, kind, tmp_path, request):
@@ -170,8 +202,9 @@ class TestEverySourceEveryOutput:
 
     def test_to_torch_dataset_with_loader_workers(self, kind, tmp_path, request):
         dc = make_source(kind, tmp_path, request)
-        ds = dc.to_torch_dataset(batch_size=500, columns=["ID"], shuffle=True, seed=3,
-                                 drop_last_batch=False)
+        ds = dc.to_torch_dataset(
+            batch_size=500, columns=["ID"], shuffle=True, seed=3, drop_last_batch=False
+        )
         loader = DataLoader(ds, batch_size=None, num_workers=2)
         if kind == "ray_dataset":
             # Forked loader workers have no Ray client: refused with a clear message.

@@ -78,8 +78,9 @@ def test_plan_shards_properties(num_rows, world_size, equal):
 
 def test_parquet_shards_balanced_by_rows_not_files(tmp_path):
     """One big file and four tiny ones: shards still get equal rows."""
-    pq.write_table(pa.table({"ID": np.arange(0, 9000)}), tmp_path / "a.parquet",
-                   row_group_size=2000)
+    pq.write_table(
+        pa.table({"ID": np.arange(0, 9000)}), tmp_path / "a.parquet", row_group_size=2000
+    )
     for i in range(4):
         ids = np.arange(9000 + i * 250, 9000 + (i + 1) * 250)
         pq.write_table(pa.table({"ID": ids}), tmp_path / f"b{i}.parquet")

@@ -89,7 +89,8 @@ class DataConnector:
         from shardtrain.data.snowpark import dataframe_from_sql
 
         resolved = [
-            as_source(dataframe_from_sql(item.sql, session)) if hasattr(item, "sql")
+            as_source(dataframe_from_sql(item.sql, session))
+            if hasattr(item, "sql")
             else as_source(item)
             for item in sources
         ]
@@ -150,7 +151,9 @@ class DataConnector:
 
     def to_arrow(self, columns: Sequence[str] | None = None) -> pa.Table:
         columns = self._source.check_columns(columns)
-        schema = self.schema if columns is None else pa.schema([self.schema.field(c) for c in columns])
+        schema = (
+            self.schema if columns is None else pa.schema([self.schema.field(c) for c in columns])
+        )
         return pa.Table.from_batches(list(self._source.iter_batches(columns)), schema=schema)
 
     def to_pandas(self, limit: int | None = None) -> pd.DataFrame:

@@ -25,8 +25,10 @@ def plan_shards(num_rows: int, world_size: int, equal: bool) -> list[tuple[int, 
     if equal:
         size = num_rows // world_size
         return [(rank * size, (rank + 1) * size) for rank in range(world_size)]
-    return [(rank * num_rows // world_size, (rank + 1) * num_rows // world_size)
-            for rank in range(world_size)]
+    return [
+        (rank * num_rows // world_size, (rank + 1) * num_rows // world_size)
+        for rank in range(world_size)
+    ]
 
 
 class ShardedDataConnector(DataConnector):

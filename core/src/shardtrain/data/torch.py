@@ -25,8 +25,12 @@ if TYPE_CHECKING:
 def _tensor_type_check(schema: pa.Schema, columns: Sequence[str]) -> None:
     for name in columns:
         kind = schema.field(name).type
-        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)
-                or pa.types.is_boolean(kind) or pa.types.is_decimal(kind)):
+        if not (
+            pa.types.is_integer(kind)
+            or pa.types.is_floating(kind)
+            or pa.types.is_boolean(kind)
+            or pa.types.is_decimal(kind)
+        ):
             raise SchemaError(
                 f"column {name!r} has type {kind}, which cannot become a tensor; pass "
                 "columns=[...] with numeric columns only, or encode it first.",
@@ -74,7 +78,9 @@ class ArrowTorchDataset(IterableDataset):
             return None
         if self._seed is None:
             return worker_seed  # torch's per-worker seed differs per worker and per epoch
-        return int(np.random.SeedSequence([self._seed, self._epoch, worker_id]).generate_state(1)[0])
+        return int(
+            np.random.SeedSequence([self._seed, self._epoch, worker_id]).generate_state(1)[0]
+        )
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         connector = self._connector
@@ -88,7 +94,9 @@ class ArrowTorchDataset(IterableDataset):
                     "no Ray client); use num_workers=0: its blocks are already read in parallel.",
                 )
             if info.num_workers > 1:
-                start, stop = plan_shards(connector.num_rows, info.num_workers, equal=False)[info.id]
+                start, stop = plan_shards(connector.num_rows, info.num_workers, equal=False)[
+                    info.id
+                ]
                 connector = connector._part(start, stop)
         batches = connector.iter_batches(
             self._batch_size,

@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(PY) -m shardtrain.demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 lint: $(STAMP)

@@ -55,6 +55,10 @@ class ConfigError(ShardtrainError, ValueError):
     """An argument or configuration value is impossible (batch size 0, world size 0, ...)."""
 
 
+class ClusterError(ShardtrainError, ConnectionError):
+    """Ray cannot be reached or started at the given address."""
+
+
 def missing_columns_error(missing: list[str], available: list[str]) -> SchemaError:
     """The one message for 'these columns are not there', shared by every consumer."""
     names = ", ".join(repr(c) for c in missing)

@@ -1,0 +1,83 @@
+"""Connect to Ray: an explicit address, else ``RAY_ADDRESS``, else a running ``ray.init``,
+else start a local Ray (the embedded default: no dashboard unless asked).
+
+An unreachable address fails within seconds with a ``ClusterError``; ``ray.init`` alone can
+wait a long time on a dead GCS address.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from shardtrain.errors import ClusterError
+
+#: Seconds to wait for a TCP connection to a remote Ray address before giving up.
+PROBE_TIMEOUT_S = 5.0
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of ``ray://host:port`` or ``host:port``; None for ``auto``/``local``."""
+    target = address.split("://", 1)[1] if "://" in address else address
+    if target in ("auto", "local", ""):
+        return None
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ClusterError(
+            f"Ray address {address!r} is not of the form 'ray://host:10001', 'host:6379' or "
+            "'auto'.",
+            address=address,
+        )
+    return host.strip("[]"), int(port)
+
+
+def probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Raise ClusterError unless something accepts TCP connections at the address."""
+    endpoint = _host_port(address)
+    if endpoint is None:
+        return
+    try:
+        with socket.create_connection(endpoint, timeout=timeout_s):
+            pass
+    except OSError as exc:
+        raise ClusterError(
+            f"cannot reach Ray at {address!r} ({exc}). Check that the cluster is up and the "
+            "address and port are right (Ray Client listens on 10001, the GCS on 6379), or "
+            "leave the address unset to start a local Ray.",
+            address=address,
+        ) from exc
+
+
+def connect(
+    address: str | None = None,
+    *,
+    namespace: str | None = None,
+    runtime_env: dict[str, Any] | None = None,
+    include_dashboard: bool = False,
+) -> None:
+    """Make sure this process is connected to a Ray cluster.
+
+    Args:
+        address: ``ray://host:port``, ``host:port`` or ``auto``; default ``RAY_ADDRESS``.
+        namespace: Ray namespace for the actors this process creates.
+        runtime_env: Ray runtime environment (pip packages, env vars, working dir).
+        include_dashboard: start the dashboard with a local Ray.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    options: dict[str, Any] = {"namespace": namespace, "runtime_env": runtime_env}
+    options = {k: v for k, v in options.items() if v is not None}
+    if address:
+        probe(address)
+        try:
+            ray.init(address=address, **options)
+        except (ConnectionError, TimeoutError, RuntimeError) as exc:
+            raise ClusterError(
+                f"could not join the Ray cluster at {address!r}: {exc}", address=address
+            ) from exc
+        return
+    ray.init(include_dashboard=include_dashboard, configure_logging=False, **options)

@@ -53,8 +53,11 @@ def connector_torch(path: Path) -> int:
     return sum(len(b["f0"]) for b in dc.to_torch_dataset(batch_size=BATCH, drop_last_batch=False))
 
 
-CASES = {"pyarrow.dataset scan": plain_scan, "DataConnector.iter_batches": connector_batches,
-         "DataConnector.to_torch_dataset": connector_torch}
+CASES = {
+    "pyarrow.dataset scan": plain_scan,
+    "DataConnector.iter_batches": connector_batches,
+    "DataConnector.to_torch_dataset": connector_torch,
+}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -72,15 +75,23 @@ def main(argv: list[str] | None = None) -> dict:
                 assert case(path) == args.rows
                 times[name].append(time.perf_counter() - start)
     base = statistics.median(times["pyarrow.dataset scan"])
-    print(f"{args.rows:,} rows x {COLUMNS} float32 ({nbytes / 2**20:.0f} MiB decoded), "
-          f"batch {BATCH}, median of {args.repeats}")
+    print(
+        f"{args.rows:,} rows x {COLUMNS} float32 ({nbytes / 2**20:.0f} MiB decoded), "
+        f"batch {BATCH}, median of {args.repeats}"
+    )
     results = {}
     for name, samples in times.items():
         median = statistics.median(samples)
-        results[name] = {"median_s": median, "rows_per_s": args.rows / median,
-                         "mib_per_s": nbytes / 2**20 / median, "vs_plain": base / median}
-        print(f"  {name:32s} {median:6.3f} s  {args.rows / median / 1e6:6.2f} M rows/s  "
-              f"{nbytes / 2**20 / median:7.0f} MiB/s  {base / median:5.2f}x plain")
+        results[name] = {
+            "median_s": median,
+            "rows_per_s": args.rows / median,
+            "mib_per_s": nbytes / 2**20 / median,
+            "vs_plain": base / median,
+        }
+        print(
+            f"  {name:32s} {median:6.3f} s  {args.rows / median / 1e6:6.2f} M rows/s  "
+            f"{nbytes / 2**20 / median:7.0f} MiB/s  {base / median:5.2f}x plain"
+        )
     return results
 
 

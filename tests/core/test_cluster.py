@@ -46,8 +46,9 @@ except ClusterError as exc:
 assert not ray.is_initialized()
 """
     env = dict(os.environ, RAY_ADDRESS=f"127.0.0.1:{closed_port()}")
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert "refused: cannot reach Ray at '127.0.0.1:" in result.stdout
 

@@ -12,7 +12,10 @@ def test_demo_reads_every_row_once_across_ray_workers(tmp_path):
     env.pop("RAY_ADDRESS", None)
     result = subprocess.run(
         [sys.executable, "-m", "shardtrain.demo", "--rows", "20000"],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rank 0: 10,000 rows read from its own shard" in result.stdout

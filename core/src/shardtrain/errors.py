@@ -59,6 +59,14 @@ class ClusterError(ShardtrainError, ConnectionError):
     """Ray cannot be reached or started at the given address."""
 
 
+class StageError(ShardtrainError, ValueError):
+    """A stage location is malformed, unknown, unreachable, or a path on it is unsafe."""
+
+
+class ModelIntegrityError(StageError):
+    """A published location is not a whole model: no manifest, or files that do not match it."""
+
+
 def missing_columns_error(missing: list[str], available: list[str]) -> SchemaError:
     """The one message for 'these columns are not there', shared by every consumer."""
     names = ", ".join(repr(c) for c in missing)

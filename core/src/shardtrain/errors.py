@@ -67,6 +67,14 @@ class ModelIntegrityError(StageError):
     """A published location is not a whole model: no manifest, or files that do not match it."""
 
 
+class ScalingConfigError(ConfigError):
+    """A scaling configuration the cluster cannot satisfy; the message says what it has."""
+
+
+class WorkerError(ShardtrainError, RuntimeError):
+    """A worker failed. Attributes: ``rank`` and ``worker_traceback`` (the original one)."""
+
+
 def missing_columns_error(missing: list[str], available: list[str]) -> SchemaError:
     """The one message for 'these columns are not there', shared by every consumer."""
     names = ", ".join(repr(c) for c in missing)

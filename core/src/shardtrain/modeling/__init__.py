@@ -1,0 +1,1 @@
+"""Trainers (the vendor's module path: shardtrain.modeling.distributors.*)."""

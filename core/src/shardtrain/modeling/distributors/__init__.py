@@ -1,0 +1,1 @@
+"""Distributed trainers on Ray: xgboost, lightgbm, pytorch."""

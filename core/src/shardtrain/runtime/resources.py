@@ -1,0 +1,99 @@
+"""What the Ray cluster has, and how a scaling config maps onto it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shardtrain.errors import ScalingConfigError
+
+
+@dataclass(frozen=True)
+class ClusterShape:
+    """CPUs and GPUs of each alive node."""
+
+    node_cpus: tuple[float, ...]
+    node_gpus: tuple[float, ...]
+
+    @property
+    def total_cpus(self) -> float:
+        return sum(self.node_cpus)
+
+    @property
+    def total_gpus(self) -> float:
+        return sum(self.node_gpus)
+
+    def describe(self) -> str:
+        return (
+            f"{len(self.node_cpus)} node(s), {self.total_cpus:g} CPUs "
+            f"({', '.join(f'{c:g}' for c in self.node_cpus)} per node), "
+            f"{self.total_gpus:g} GPUs"
+        )
+
+
+def cluster_shape() -> ClusterShape:
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    cpus = tuple(float(n["Resources"].get("CPU", 0)) for n in nodes)
+    gpus = tuple(float(n["Resources"].get("GPU", 0)) for n in nodes)
+    return ClusterShape(cpus, gpus)
+
+
+@dataclass(frozen=True)
+class WorkerShape:
+    """The resolved request: ``num_workers`` actors of ``cpus`` CPUs and ``gpus`` GPUs."""
+
+    num_workers: int
+    cpus: float
+    gpus: float
+
+
+def _check_count(name: str, value, allow_auto: bool = True) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or (value < 1 and not (allow_auto and value == -1))
+    ):
+        raise ScalingConfigError(
+            f"{name} must be a positive integer or -1 (automatic), got {value!r}.", field=name
+        )
+
+
+def resolve_gbdt_shape(
+    num_workers: int, num_cpu_per_worker: int, use_gpu: bool | None, shape: ClusterShape
+) -> WorkerShape:
+    """XGBoost / LightGBM: one worker per node (or per GPU) with all of its CPUs by default."""
+    _check_count("num_workers", num_workers)
+    _check_count("num_cpu_per_worker", num_cpu_per_worker)
+    if use_gpu is None:
+        use_gpu = shape.total_gpus > 0
+    if use_gpu and shape.total_gpus < 1:
+        raise ScalingConfigError(
+            f"use_gpu=True but the cluster has no GPUs ({shape.describe()}); set use_gpu=False "
+            "or None, or add GPU nodes.",
+            field="use_gpu",
+        )
+    if use_gpu:
+        workers = int(shape.total_gpus) if num_workers == -1 else num_workers
+        if workers > shape.total_gpus:
+            raise ScalingConfigError(
+                f"{workers} GPU workers need {workers} GPUs; the cluster has {shape.describe()}.",
+                field="num_workers",
+            )
+    else:
+        workers = len(shape.node_cpus) if num_workers == -1 else num_workers
+    if num_cpu_per_worker == -1:
+        per_node = max(1, workers // max(len(shape.node_cpus), 1))
+        cpus = max(1.0, min(shape.node_cpus, default=1) // per_node)
+        if use_gpu:
+            cpus = max(1.0, cpus // max(1, int(max(shape.node_gpus))))
+    else:
+        cpus = float(num_cpu_per_worker)
+    if cpus > max(shape.node_cpus, default=0) or workers * cpus > shape.total_cpus:
+        raise ScalingConfigError(
+            f"{workers} workers x {cpus:g} CPUs = {workers * cpus:g} CPUs do not fit; the cluster "
+            f"has {shape.describe()}. Lower num_workers or num_cpu_per_worker (or leave them "
+            "at -1 to use everything).",
+            field="num_workers",
+        )
+    return WorkerShape(workers, cpus, 1.0 if use_gpu else 0.0)

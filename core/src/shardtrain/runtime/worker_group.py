@@ -1,0 +1,296 @@
+"""A group of Ray actors, one per rank, in a placement group; and a pool that keeps them warm.
+
+Starting a Python process and importing xgboost/pyarrow/torch costs ~2 s here, which would
+dominate small jobs, so groups are kept between fits of the same driver, keyed by their
+shape, and dropped after ``SHARDTRAIN_WORKER_IDLE_S`` seconds idle (default 60), on
+``shutdown_workers()``, or when another shape needs the resources. Each fit still brings its
+own collective (tracker, ports, process group), so nothing carries over from one fit to the
+next but the warm process.
+
+The driver runs a function on every rank and polls rank 0 for progress events (metrics per
+round, checkpoints) while it waits. The first failure on any rank tears the group down, so
+no rank is left hanging in a collective, and reaches the caller with the rank and the
+original traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from shardtrain.errors import ScalingConfigError, ShardtrainError, WorkerError
+from shardtrain.runtime.resources import WorkerShape, cluster_shape
+from shardtrain.runtime.worker_context import WorkerInfo, bind_worker
+
+logger = logging.getLogger("shardtrain.runtime")
+
+#: Seconds to wait for a placement group before declaring the request unsatisfiable.
+PLACEMENT_TIMEOUT_S = float(os.environ.get("SHARDTRAIN_PLACEMENT_TIMEOUT_S", "30"))
+POLL_INTERVAL_S = 0.05
+
+
+class WorkerDiedError(WorkerError):
+    """A worker process died (killed, out of memory, node lost): the group may be rebuilt."""
+
+
+class Reporter:
+    """Handed to the rank function: events and checkpoints for the driver to pick up."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: list[dict[str, Any]] = []
+        self._checkpoint: tuple[int, bytes] | None = None
+
+    def report(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            self._events.append(event)
+
+    def checkpoint(self, step: int, data: bytes) -> None:
+        with self._lock:
+            self._checkpoint = (step, data)
+
+    def take(self, cursor: int, have_step: int) -> tuple[list[dict], tuple[int, bytes] | None]:
+        with self._lock:
+            checkpoint = self._checkpoint
+            if checkpoint is not None and checkpoint[0] <= have_step:
+                checkpoint = None
+            return self._events[cursor:], checkpoint
+
+
+class _TrainWorker:
+    """The actor: runs one rank's function at a time; a second thread answers polls."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank  # an actor serves the same rank of its group for its whole life
+        self.reporter = Reporter()
+
+    def __repr__(self) -> str:  # Ray prefixes this worker's log lines with it
+        return f"TrainWorker(rank={self.rank})"
+
+    def info(self) -> dict[str, Any]:
+        import ray
+
+        return {
+            "ip": ray.util.get_node_ip_address(),
+            "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+        }
+
+    def run(self, rank: int, world_size: int, fn: Callable, kwargs: dict[str, Any]) -> Any:
+        self.reporter = Reporter()
+        with bind_worker(WorkerInfo(rank=rank, world_size=world_size)):
+            return fn(self.reporter, **kwargs)
+
+    def poll(self, cursor: int, have_step: int):
+        return self.reporter.take(cursor, have_step)
+
+
+_actor_class = None
+
+
+def _actor():
+    global _actor_class
+    if _actor_class is None:
+        import ray
+
+        _actor_class = ray.remote(max_concurrency=2)(_TrainWorker)
+    return _actor_class
+
+
+def _job_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_job_id()
+
+
+class WorkerGroup:
+    """``shape.num_workers`` actors in one placement group (SPREAD: one per node if possible)."""
+
+    def __init__(self, shape: WorkerShape, strategy: str = "SPREAD") -> None:
+        import ray
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self.shape = shape
+        self.strategy = strategy
+        self.job_id = _job_id()
+        bundle = {"CPU": shape.cpus}
+        if shape.gpus:
+            bundle["GPU"] = shape.gpus
+        self._pg = placement_group(
+            [dict(bundle) for _ in range(shape.num_workers)], strategy=strategy
+        )
+        if not self._pg.wait(timeout_seconds=PLACEMENT_TIMEOUT_S):
+            remove_placement_group(self._pg)
+            raise ScalingConfigError(
+                f"could not reserve {shape.num_workers} workers x ({bundle}) within "
+                f"{PLACEMENT_TIMEOUT_S:g} s; the cluster has {cluster_shape().describe()} and "
+                f"{ray.available_resources()} free. Ask for less, or free the resources.",
+                field="num_workers",
+            )
+        self.workers = [
+            _actor()
+            .options(
+                num_cpus=shape.cpus,
+                num_gpus=shape.gpus,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, i),
+            )
+            .remote(i)
+            for i in range(shape.num_workers)
+        ]
+        self.infos = ray.get([w.info.remote() for w in self.workers])
+        self.alive = True
+
+    @property
+    def world_size(self) -> int:
+        return len(self.workers)
+
+    def run(
+        self,
+        fn: Callable,
+        rank_kwargs: list[dict[str, Any]],
+        on_progress: Callable[[list[dict], tuple[int, bytes] | None], None] | None = None,
+        have_step: int = 0,
+    ) -> list[Any]:
+        """``fn(reporter, **rank_kwargs[rank])`` on every rank; results in rank order."""
+        import ray
+
+        refs = [
+            w.run.remote(rank, self.world_size, fn, kwargs)
+            for rank, (w, kwargs) in enumerate(zip(self.workers, rank_kwargs, strict=True))
+        ]
+        rank_of = {ref: rank for rank, ref in enumerate(refs)}
+        pending, cursor = list(refs), 0
+        try:
+            while pending:
+                ready, pending = ray.wait(
+                    pending, num_returns=len(pending), timeout=POLL_INTERVAL_S
+                )
+                for ref in ready:
+                    self._check(ref, rank_of[ref])
+                if on_progress is not None:
+                    events, checkpoint = ray.get(self.workers[0].poll.remote(cursor, have_step))
+                    cursor += len(events)
+                    if checkpoint is not None:
+                        have_step = checkpoint[0]
+                    if events or checkpoint is not None:
+                        on_progress(events, checkpoint)
+            return ray.get(refs)
+        except BaseException:
+            self.shutdown()  # peers may hang in a collective: never leave them running
+            raise
+
+    def _check(self, ref, rank: int) -> None:
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        try:
+            ray.get(ref)
+        except RayActorError as exc:
+            raise WorkerDiedError(
+                f"worker rank {rank} died ({type(exc).__name__}: {str(exc).splitlines()[0]}).",
+                rank=rank,
+                worker_traceback=str(exc),
+            ) from None
+        except RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, ShardtrainError):
+                cause.rank = rank
+                cause.details["rank"] = rank
+                raise cause from None
+            summary = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+            raise WorkerError(
+                f"worker rank {rank} failed: {summary}\n{exc}", rank=rank, worker_traceback=str(exc)
+            ) from None
+
+    def shutdown(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        if not self.alive:
+            return
+        self.alive = False
+        for worker in self.workers:
+            try:
+                ray.kill(worker, no_restart=True)
+            except Exception:  # already dead
+                pass
+        try:
+            remove_placement_group(self._pg)
+        except Exception:
+            pass
+        _forget(self)
+
+
+# -- the warm pool -------------------------------------------------------------------------------
+
+_lock = threading.Lock()
+_idle: list[tuple[WorkerGroup, float]] = []
+_busy: list[WorkerGroup] = []
+
+
+def _idle_seconds() -> float:
+    return float(os.environ.get("SHARDTRAIN_WORKER_IDLE_S", "60"))
+
+
+def _forget(group: WorkerGroup) -> None:
+    with _lock:
+        _idle[:] = [(g, t) for g, t in _idle if g is not group]
+        if group in _busy:
+            _busy.remove(group)
+
+
+def _sweep() -> None:
+    """Drop idle groups past their idle time or from a previous Ray session."""
+    now = time.monotonic()
+    with _lock:
+        stale = [g for g, t in _idle if now - t > _idle_seconds() or g.job_id != _job_id()]
+    for group in stale:
+        group.shutdown()
+
+
+@contextmanager
+def lease(shape: WorkerShape, strategy: str = "SPREAD") -> Iterator[WorkerGroup]:
+    """A worker group of this shape: a warm one when the pool has it, else a new one."""
+    _sweep()
+    group = None
+    with _lock:
+        for i, (candidate, _) in enumerate(_idle):
+            if candidate.shape == shape and candidate.strategy == strategy:
+                group = candidate
+                del _idle[i]
+                break
+        others = [g for g, _ in _idle] if group is None else []
+    for other in others:  # a new shape needs their resources
+        other.shutdown()
+    if group is None:
+        group = WorkerGroup(shape, strategy)
+    with _lock:
+        _busy.append(group)
+    try:
+        yield group
+    finally:
+        with _lock:
+            if group in _busy:
+                _busy.remove(group)
+            if group.alive:
+                _idle.append((group, time.monotonic()))
+        if group.alive:
+            timer = threading.Timer(_idle_seconds() + 0.5, _sweep)
+            timer.daemon = True
+            timer.start()
+
+
+def shutdown_workers(include_busy: bool = True) -> int:
+    """Kill pooled worker groups (and running ones unless ``include_busy=False``)."""
+    with _lock:
+        groups = [g for g, _ in _idle] + (list(_busy) if include_busy else [])
+    for group in groups:
+        group.shutdown()
+    return len(groups)

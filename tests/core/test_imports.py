@@ -19,7 +19,9 @@ sys.meta_path.insert(0, Block())
 
 
 def test_core_imports_without_optional_frameworks():
-    script = BLOCKER + """
+    script = (
+        BLOCKER
+        + """
 import shardtrain
 from shardtrain import DataConnector, ModelArtifact, open_stage
 import pyarrow as pa
@@ -27,5 +29,6 @@ dc = DataConnector.from_arrow(pa.table({"x": [1, 2, 3]}))
 assert dc.num_rows == 3
 print(sorted(shardtrain.__all__)[:3])
 """
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

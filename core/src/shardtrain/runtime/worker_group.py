@@ -32,6 +32,8 @@ logger = logging.getLogger("shardtrain.runtime")
 #: Seconds to wait for a placement group before declaring the request unsatisfiable.
 PLACEMENT_TIMEOUT_S = float(os.environ.get("SHARDTRAIN_PLACEMENT_TIMEOUT_S", "30"))
 POLL_INTERVAL_S = 0.05
+#: After a rank fails, how long to look for a peer that died (the root cause) before reporting.
+DEATH_GRACE_S = 3.0
 
 
 class WorkerDiedError(WorkerError):
@@ -172,8 +174,9 @@ class WorkerGroup:
                 ready, pending = ray.wait(
                     pending, num_returns=len(pending), timeout=POLL_INTERVAL_S
                 )
-                for ref in ready:
-                    self._check(ref, rank_of[ref])
+                failed = [ref for ref in ready if self._error(ref, rank_of[ref])]
+                if failed:
+                    self._raise_root_cause(failed, pending, rank_of)
                 if on_progress is not None:
                     events, checkpoint = ray.get(self.workers[0].poll.remote(cursor, have_step))
                     cursor += len(events)
@@ -186,28 +189,47 @@ class WorkerGroup:
             self.shutdown()  # peers may hang in a collective: never leave them running
             raise
 
-    def _check(self, ref, rank: int) -> None:
+    @staticmethod
+    def _error(ref, rank: int) -> ShardtrainError | None:
+        """The failure behind a finished ref, as a shardtrain error (None if it succeeded)."""
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
         try:
             ray.get(ref)
         except RayActorError as exc:
-            raise WorkerDiedError(
+            return WorkerDiedError(
                 f"worker rank {rank} died ({type(exc).__name__}: {str(exc).splitlines()[0]}).",
                 rank=rank,
                 worker_traceback=str(exc),
-            ) from None
+            )
         except RayTaskError as exc:
             cause = getattr(exc, "cause", None)
             if isinstance(cause, ShardtrainError):
                 cause.rank = rank
                 cause.details["rank"] = rank
-                raise cause from None
+                return cause
             summary = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
-            raise WorkerError(
+            return WorkerError(
                 f"worker rank {rank} failed: {summary}\n{exc}", rank=rank, worker_traceback=str(exc)
-            ) from None
+            )
+        return None
+
+    def _raise_root_cause(self, failed, pending, rank_of) -> None:
+        """When one rank fails its peers fail too (a broken collective): report the rank that
+        started it. A death outranks a refused input, which outranks anything else."""
+        import ray
+
+        def severity(error) -> int:
+            if isinstance(error, WorkerDiedError):
+                return 0
+            return 2 if isinstance(error, WorkerError) else 1
+
+        errors = [self._error(ref, rank_of[ref]) for ref in failed]
+        if pending and min(map(severity, errors)) > 0:
+            late, _ = ray.wait(pending, num_returns=len(pending), timeout=DEATH_GRACE_S)
+            errors += [e for e in (self._error(ref, rank_of[ref]) for ref in late) if e]
+        raise min(errors, key=severity)
 
     def shutdown(self) -> None:
         import ray

@@ -8,6 +8,7 @@ reports them each round and the driver logs, checkpoints and finally publishes t
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +53,7 @@ class _ArrowIter:
                 if item is None:
                     return False
                 features, label = item
-                input_data(data=features, label=label)
+                input_data(data=features, label=label, feature_names=input_cols)
                 return True
 
         return ArrowIter()
@@ -92,8 +93,6 @@ def _train_rank(
     callbacks,
 ):
     """One rank of a fit (runs inside a Ray actor)."""
-    import contextlib
-
     import xgboost
 
     communicator = (
@@ -232,7 +231,8 @@ class XGBEstimator(_gbdt.DistributedGBDT):
             return group.run(_train_rank, kwargs, on_progress, have_step=done)
         finally:
             if tracker is not None:
-                tracker.free()
+                with contextlib.suppress(Exception):  # after a failed run the tracker reports
+                    tracker.free()  # the broken connections again: the run's error is the news
 
     @staticmethod
     def _tracker(world_size: int):

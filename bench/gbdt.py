@@ -83,8 +83,9 @@ def plain_xgboost(train: Path, holdout, rounds: int):
     table = pq.read_table(train)
     features = np.column_stack([table.column(f"f{i}").to_numpy() for i in range(COLUMNS)])
     dtrain = xgb.QuantileDMatrix(features, table.column("y").to_numpy(), nthread=2)
-    booster = xgb.train({"max_depth": 6, "eta": 0.1, "tree_method": "hist", "nthread": 2},
-                        dtrain, rounds)
+    booster = xgb.train(
+        {"max_depth": 6, "eta": 0.1, "tree_method": "hist", "nthread": 2}, dtrain, rounds
+    )
     return rmse(booster.predict(xgb.DMatrix(holdout[0])), holdout[1])
 
 
@@ -93,9 +94,11 @@ def plain_lightgbm(train: Path, holdout, rounds: int):
 
     table = pq.read_table(train)
     features = np.column_stack([table.column(f"f{i}").to_numpy() for i in range(COLUMNS)])
-    booster = lgb.train({"num_leaves": 63, "learning_rate": 0.1, "num_threads": 2,
-                         "verbose": -1}, lgb.Dataset(features, table.column("y").to_numpy()),
-                        rounds)
+    booster = lgb.train(
+        {"num_leaves": 63, "learning_rate": 0.1, "num_threads": 2, "verbose": -1},
+        lgb.Dataset(features, table.column("y").to_numpy()),
+        rounds,
+    )
     return rmse(booster.predict(holdout[0]), holdout[1])
 
 
@@ -105,15 +108,23 @@ def shardtrain_fit(framework: str, train: Path, holdout, rounds: int, stage: str
     from shardtrain.modeling.distributors.xgboost import XGBEstimator, XGBScalingConfig
 
     if framework == "xgboost":
-        est = XGBEstimator(n_estimators=rounds, params={"max_depth": 6, "eta": 0.1},
-                           scaling_config=XGBScalingConfig(num_workers=2, num_cpu_per_worker=1))
+        est = XGBEstimator(
+            n_estimators=rounds,
+            params={"max_depth": 6, "eta": 0.1},
+            scaling_config=XGBScalingConfig(num_workers=2, num_cpu_per_worker=1),
+        )
     else:
-        est = LightGBMEstimator(n_estimators=rounds,
-                                params={"num_leaves": 63, "learning_rate": 0.1},
-                                scaling_config=LightGBMScalingConfig(num_workers=2,
-                                                                     num_cpu_per_worker=1))
-    booster = est.fit(DataConnector.from_parquet(str(train)), [f"f{i}" for i in range(columns)],
-                      "y", artifact_stage_location=stage)
+        est = LightGBMEstimator(
+            n_estimators=rounds,
+            params={"num_leaves": 63, "learning_rate": 0.1},
+            scaling_config=LightGBMScalingConfig(num_workers=2, num_cpu_per_worker=1),
+        )
+    booster = est.fit(
+        DataConnector.from_parquet(str(train)),
+        [f"f{i}" for i in range(columns)],
+        "y",
+        artifact_stage_location=stage,
+    )
     if holdout is None:
         return None
     if framework == "xgboost":
@@ -132,8 +143,14 @@ def measure(fn, repeats: int) -> dict:
             metric = fn()
             times.append(time.perf_counter() - start)
         mems.append(peak.used)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
-            "peak_gib": statistics.median(mems) / 2**30, "metric": metric, "runs": times}
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "peak_gib": statistics.median(mems) / 2**30,
+        "metric": metric,
+        "runs": times,
+    }
 
 
 def main(argv=None) -> dict:
@@ -152,35 +169,45 @@ def main(argv=None) -> dict:
         make_parquet(tmp / "holdout.parquet", 100_000, COLUMNS, 1)
         make_parquet(tmp / "small.parquet", 10_000, 10, 2)
         hold = pq.read_table(tmp / "holdout.parquet")
-        holdout = (np.column_stack([hold.column(f"f{i}").to_numpy() for i in range(COLUMNS)]),
-                   hold.column("y").to_numpy())
+        holdout = (
+            np.column_stack([hold.column(f"f{i}").to_numpy() for i in range(COLUMNS)]),
+            hold.column("y").to_numpy(),
+        )
         stage = str(tmp / "stage")
         results["xgboost plain"] = measure(
-            lambda: plain_xgboost(tmp / "train.parquet", holdout, 100), args.repeats)
+            lambda: plain_xgboost(tmp / "train.parquet", holdout, 100), args.repeats
+        )
         results["lightgbm plain"] = measure(
-            lambda: plain_lightgbm(tmp / "train.parquet", holdout, 100), args.repeats)
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
-                 log_to_driver=False)
+            lambda: plain_lightgbm(tmp / "train.parquet", holdout, 100), args.repeats
+        )
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
         for framework in ("xgboost", "lightgbm"):
-            cold = measure(lambda f=framework: shardtrain_fit(
-                f, tmp / "train.parquet", holdout, 100, stage), 1)
-            warm = measure(lambda f=framework: shardtrain_fit(
-                f, tmp / "train.parquet", holdout, 100, stage), args.repeats)
+            cold = measure(
+                lambda f=framework: shardtrain_fit(f, tmp / "train.parquet", holdout, 100, stage), 1
+            )
+            warm = measure(
+                lambda f=framework: shardtrain_fit(f, tmp / "train.parquet", holdout, 100, stage),
+                args.repeats,
+            )
             results[f"{framework} shardtrain (cold workers)"] = cold
             results[f"{framework} shardtrain"] = warm
         from shardtrain.runtime.worker_group import shutdown_workers
 
         shutdown_workers()
         results["small job shardtrain (cold workers)"] = measure(
-            lambda: shardtrain_fit("xgboost", tmp / "small.parquet", None, 10, stage, 10), 1)
+            lambda: shardtrain_fit("xgboost", tmp / "small.parquet", None, 10, stage, 10), 1
+        )
         results["small job shardtrain"] = measure(
             lambda: shardtrain_fit("xgboost", tmp / "small.parquet", None, 10, stage, 10),
-            args.small_repeats)
+            args.small_repeats,
+        )
         ray.shutdown()
     for name, r in results.items():
         metric = f"{r['metric']:.4f}" if r["metric"] is not None else "-"
-        print(f"{name:40s} median {r['median_s']:7.2f} s (min {r['min_s']:.2f}, max "
-              f"{r['max_s']:.2f})  peak +{r['peak_gib']:.2f} GiB  holdout rmse {metric}")
+        print(
+            f"{name:40s} median {r['median_s']:7.2f} s (min {r['min_s']:.2f}, max "
+            f"{r['max_s']:.2f})  peak +{r['peak_gib']:.2f} GiB  holdout rmse {metric}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return results

@@ -97,3 +97,53 @@ def resolve_gbdt_shape(
             field="num_workers",
         )
     return WorkerShape(workers, cpus, 1.0 if use_gpu else 0.0)
+
+
+def resolve_torch_shape(
+    num_nodes: int, num_workers_per_node: int, cpus: float, gpus: float, shape: ClusterShape
+) -> WorkerShape:
+    """PyTorch: ``num_nodes`` nodes x workers per node (-1: as many as the smallest of the
+    used nodes fits), each worker with ``cpus`` CPUs and ``gpus`` GPUs."""
+    _check_count("num_nodes", num_nodes, allow_auto=False)
+    _check_count("num_workers_per_node", num_workers_per_node)
+    if cpus < 0 or gpus < 0 or (cpus == 0 and gpus == 0):
+        raise ScalingConfigError(
+            f"each worker needs some CPU or GPU: got num_cpus={cpus:g}, num_gpus={gpus:g}.",
+            field="resource_requirements_per_worker",
+        )
+    nodes = sorted(zip(shape.node_cpus, shape.node_gpus, strict=True), reverse=True)
+    if num_nodes > len(nodes):
+        raise ScalingConfigError(
+            f"num_nodes={num_nodes} but the cluster has {shape.describe()}; lower num_nodes or "
+            "add nodes.",
+            field="num_nodes",
+        )
+    if gpus > 0 and shape.total_gpus == 0:
+        raise ScalingConfigError(
+            f"workers ask for {gpus:g} GPU(s) each but the cluster has no GPUs "
+            f"({shape.describe()}); set num_gpus=0.",
+            field="num_gpus",
+        )
+    used = nodes[:num_nodes]
+    fits = [
+        min(c // cpus if cpus else float("inf"), g // gpus if gpus else float("inf"))
+        for c, g in used
+    ]
+    if num_workers_per_node == -1:
+        per_node = int(min(fits))
+        if per_node < 1:
+            raise ScalingConfigError(
+                f"no node can hold a worker of {cpus:g} CPUs and {gpus:g} GPUs; the cluster "
+                f"has {shape.describe()}.",
+                field="resource_requirements_per_worker",
+            )
+    else:
+        per_node = num_workers_per_node
+        if per_node > min(fits):
+            raise ScalingConfigError(
+                f"{num_nodes} node(s) x {per_node} workers x ({cpus:g} CPUs, {gpus:g} GPUs) do "
+                f"not fit: the cluster has {shape.describe()}. Lower num_workers_per_node or "
+                "the resources per worker.",
+                field="num_workers_per_node",
+            )
+    return WorkerShape(num_nodes * per_node, float(cpus), float(gpus))

@@ -112,21 +112,30 @@ def _job_id() -> str:
 
 
 class WorkerGroup:
-    """``shape.num_workers`` actors in one placement group (SPREAD: one per node if possible)."""
+    """``shape.num_workers`` actors in one placement group.
 
-    def __init__(self, shape: WorkerShape, strategy: str = "SPREAD") -> None:
+    Each bundle holds ``workers_per_bundle`` actors (a bundle is placed on one node): GBDT
+    groups use one actor per bundle spread over nodes; PyTorch groups use one bundle per node
+    holding that node's workers, so node and local ranks are exact.
+    """
+
+    def __init__(
+        self, shape: WorkerShape, strategy: str = "SPREAD", workers_per_bundle: int = 1
+    ) -> None:
         import ray
         from ray.util.placement_group import placement_group, remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.shape = shape
         self.strategy = strategy
+        self.workers_per_bundle = workers_per_bundle
         self.job_id = _job_id()
-        bundle = {"CPU": shape.cpus}
+        bundle = {"CPU": shape.cpus * workers_per_bundle}
         if shape.gpus:
-            bundle["GPU"] = shape.gpus
+            bundle["GPU"] = shape.gpus * workers_per_bundle
         self._pg = placement_group(
-            [dict(bundle) for _ in range(shape.num_workers)], strategy=strategy
+            [dict(bundle) for _ in range(shape.num_workers // workers_per_bundle)],
+            strategy=strategy,
         )
         if not self._pg.wait(timeout_seconds=PLACEMENT_TIMEOUT_S):
             remove_placement_group(self._pg)
@@ -141,7 +150,9 @@ class WorkerGroup:
             .options(
                 num_cpus=shape.cpus,
                 num_gpus=shape.gpus,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self._pg, i),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    self._pg, i // workers_per_bundle
+                ),
             )
             .remote(i)
             for i in range(shape.num_workers)
@@ -278,13 +289,19 @@ def _sweep() -> None:
 
 
 @contextmanager
-def lease(shape: WorkerShape, strategy: str = "SPREAD") -> Iterator[WorkerGroup]:
+def lease(
+    shape: WorkerShape, strategy: str = "SPREAD", workers_per_bundle: int = 1
+) -> Iterator[WorkerGroup]:
     """A worker group of this shape: a warm one when the pool has it, else a new one."""
     _sweep()
     group = None
     with _lock:
         for i, (candidate, _) in enumerate(_idle):
-            if candidate.shape == shape and candidate.strategy == strategy:
+            if (candidate.shape, candidate.strategy, candidate.workers_per_bundle) == (
+                shape,
+                strategy,
+                workers_per_bundle,
+            ):
                 group = candidate
                 del _idle[i]
                 break
@@ -292,7 +309,7 @@ def lease(shape: WorkerShape, strategy: str = "SPREAD") -> Iterator[WorkerGroup]
     for other in others:  # a new shape needs their resources
         other.shutdown()
     if group is None:
-        group = WorkerGroup(shape, strategy)
+        group = WorkerGroup(shape, strategy, workers_per_bundle)
     with _lock:
         _busy.append(group)
     try:

@@ -28,13 +28,13 @@ BATCH = 1024
 
 def loop(rank: int, world: int, batches) -> float:
     import torch
-    import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = DDP(torch.nn.Sequential(torch.nn.Linear(COLUMNS, 64), torch.nn.ReLU(),
-                                    torch.nn.Linear(64, 1)))
+    model = DDP(
+        torch.nn.Sequential(torch.nn.Linear(COLUMNS, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+    )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     loss = None
     for _ in range(EPOCHS):
@@ -55,13 +55,12 @@ def _mp_worker(rank: int, world: int, path: str, port: int) -> None:
     table = pq.read_table(path)
     n = table.num_rows
     part = table.slice(rank * n // world, (rank + 1) * n // world - rank * n // world)
-    x = torch.from_numpy(np.column_stack([part.column(f"f{i}").to_numpy()
-                                          for i in range(COLUMNS)]))
+    x = torch.from_numpy(np.column_stack([part.column(f"f{i}").to_numpy() for i in range(COLUMNS)]))
     y = torch.from_numpy(part.column("y").to_numpy())
 
     def batches():
         for start in range(0, len(y), BATCH):
-            yield x[start:start + BATCH], y[start:start + BATCH]
+            yield x[start : start + BATCH], y[start : start + BATCH]
 
     loop(rank, world, batches)
     dist.destroy_process_group()
@@ -100,7 +99,8 @@ def distributor(path: Path, stage: str) -> None:
 
     PyTorchDistributor(_distributor_train).run(
         dataset_map={"train": ShardedDataConnector.from_parquet(str(path))},
-        artifact_stage_location=stage)
+        artifact_stage_location=stage,
+    )
 
 
 def main(argv=None) -> dict:
@@ -112,14 +112,15 @@ def main(argv=None) -> dict:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
-    times: dict[str, list[float]] = {"torch.multiprocessing DDP": [],
-                                     "PyTorchDistributor (cold workers)": [],
-                                     "PyTorchDistributor": []}
+    times: dict[str, list[float]] = {
+        "torch.multiprocessing DDP": [],
+        "PyTorchDistributor (cold workers)": [],
+        "PyTorchDistributor": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "train.parquet"
         make_parquet(path, args.rows, COLUMNS, 0)
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
-                 log_to_driver=False)
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
         for repeat in range(args.repeats + 1):
             start = time.perf_counter()
             multiprocessing_ddp(path)
@@ -134,10 +135,16 @@ def main(argv=None) -> dict:
     results = {}
     for name, samples in times.items():
         median = statistics.median(samples)
-        results[name] = {"median_s": median, "min_s": min(samples), "max_s": max(samples),
-                         "vs_mp": median / base}
-        print(f"{name:36s} median {median:6.2f} s (min {min(samples):.2f}, max "
-              f"{max(samples):.2f})  {median / base:.2f}x torch.multiprocessing")
+        results[name] = {
+            "median_s": median,
+            "min_s": min(samples),
+            "max_s": max(samples),
+            "vs_mp": median / base,
+        }
+        print(
+            f"{name:36s} median {median:6.2f} s (min {min(samples):.2f}, max "
+            f"{max(samples):.2f})  {median / base:.2f}x torch.multiprocessing"
+        )
     return results
 
 

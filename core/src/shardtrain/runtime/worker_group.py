@@ -261,6 +261,27 @@ class WorkerGroup:
         _forget(self)
 
 
+def with_restarts(
+    attempt: Callable[[], Any],
+    max_failures: int,
+    on_restart: Callable[[WorkerDiedError, int], None],
+) -> Any:
+    """``attempt()``, run again after a worker death up to ``max_failures`` times.
+
+    ``on_restart(error, failures)`` runs before each new attempt (to log and to reload the
+    latest checkpoint); any other error, or one death too many, propagates.
+    """
+    failures = 0
+    while True:
+        try:
+            return attempt()
+        except WorkerDiedError as exc:
+            failures += 1
+            if failures > max_failures:
+                raise
+            on_restart(exc, failures)
+
+
 # -- the warm pool -------------------------------------------------------------------------------
 
 _lock = threading.Lock()

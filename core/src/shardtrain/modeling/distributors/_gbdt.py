@@ -405,31 +405,38 @@ class DistributedGBDT:
         done, model, history = plan.checkpoints.load() if plan.checkpoints else (0, None, {})
         if done:
             emit(f"resuming {plan.request_id} from its checkpoint at round {done}")
-        failures = 0
-        while True:
+        state = {"done": done, "model": model, "history": history}
+
+        def attempt():
             job = dict(
                 params=params,
-                num_boost_round=rounds - done,
+                num_boost_round=rounds - state["done"],
                 early_stopping_rounds=early,
                 input_cols=list(input_cols),
                 label_col=label_col,
-                init_model=model,
+                init_model=state["model"],
                 checkpoint_every=self.failure_config.checkpoint_frequency,
             )
-            try:
-                results = self._attempt(
-                    shape, job, train_shards, eval_shards, history, done, plan, verbose_eval
-                )
-                break
-            except worker_group.WorkerDiedError as exc:
-                failures += 1
-                if failures > self.failure_config.max_failures:
-                    raise
-                done, model, history = self._latest
-                emit(
-                    f"{exc} Restarting the worker group ({failures}/"
-                    f"{self.failure_config.max_failures}) from round {done}."
-                )
+            return self._attempt(
+                shape,
+                job,
+                train_shards,
+                eval_shards,
+                state["history"],
+                state["done"],
+                plan,
+                verbose_eval,
+            )
+
+        def on_restart(exc, failures):
+            state["done"], state["model"], state["history"] = self._latest
+            emit(
+                f"{exc} Restarting the worker group ({failures}/"
+                f"{self.failure_config.max_failures}) from round {state['done']}."
+            )
+
+        results = worker_group.with_restarts(attempt, self.failure_config.max_failures, on_restart)
+        history = state["history"]
         model_bytes = results[0]["model"]
         self._booster = self._load(model_bytes)
         self._eval_results = history

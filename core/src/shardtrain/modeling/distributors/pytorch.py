@@ -425,37 +425,35 @@ class PyTorchDistributor:
                 if plan.checkpoints is not None:
                     plan.checkpoints.save(new_checkpoint[0], new_checkpoint[1], {})
 
-        failures = 0
         strategy = "STRICT_SPREAD" if nodes > 1 else "PACK"
-        while True:
-            try:
-                with worker_group.lease(shape, strategy, workers_per_bundle=per_node) as group:
-                    master = self._master(group)
-                    kwargs = [
-                        dict(
-                            rank=r,
-                            world_size=shape.num_workers,
-                            workers_per_node=per_node,
-                            master=master,
-                            train_func=self.train_func,
-                            hyper_params=hyper_params,
-                            shards={n: s[r] for n, s in shards.items()},
-                            checkpoint=latest["data"],
-                            checkpoint_step=latest["step"],
-                            gpus=bool(shape.gpus),
-                        )
-                        for r in range(shape.num_workers)
-                    ]
-                    results = group.run(_run_rank, kwargs, on_progress, have_step=latest["step"])
-                break
-            except worker_group.WorkerDiedError as exc:
-                failures += 1
-                if failures > self.failure_config.max_failures:
-                    raise
-                emit(
-                    f"{exc} Restarting the worker group ({failures}/"
-                    f"{self.failure_config.max_failures}) from checkpoint {latest['step']}."
-                )
+
+        def attempt():
+            with worker_group.lease(shape, strategy, workers_per_bundle=per_node) as group:
+                master = self._master(group)
+                kwargs = [
+                    dict(
+                        rank=r,
+                        world_size=shape.num_workers,
+                        workers_per_node=per_node,
+                        master=master,
+                        train_func=self.train_func,
+                        hyper_params=hyper_params,
+                        shards={n: s[r] for n, s in shards.items()},
+                        checkpoint=latest["data"],
+                        checkpoint_step=latest["step"],
+                        gpus=bool(shape.gpus),
+                    )
+                    for r in range(shape.num_workers)
+                ]
+                return group.run(_run_rank, kwargs, on_progress, have_step=latest["step"])
+
+        def on_restart(exc, failures):
+            emit(
+                f"{exc} Restarting the worker group ({failures}/"
+                f"{self.failure_config.max_failures}) from checkpoint {latest['step']}."
+            )
+
+        results = worker_group.with_restarts(attempt, self.failure_config.max_failures, on_restart)
         return self._publish(plan, results[0]["model"], latest["metrics"], hyper_params, connectors)
 
     @staticmethod

@@ -1,7 +1,7 @@
 """Airflow provider for shardtrain: operators that train on Ray and push the model location.
 
-The operators themselves land with the Airflow provider issue; this package is installable
-and registered with Airflow's provider manager already.
+Each training operator returns ``ModelArtifact.to_dict()``: that return value is the XCom a
+downstream task receives (the model's location, metrics, what it was trained on).
 """
 
 __version__ = "0.1.0"
@@ -15,4 +15,24 @@ def get_provider_info() -> dict:
         "description": "Train XGBoost, LightGBM and PyTorch models on Ray and pass the "
         "model location to downstream tasks.",
         "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "shardtrain",
+                "external-doc-url": "https://pypi.org/project/shardtrain/",
+                "tags": ["software"],
+            },
+        ],
+        "operators": [
+            {
+                "integration-name": "shardtrain",
+                "python-modules": ["shardtrain_airflow.operators.train"],
+            },
+        ],
+        "hooks": [
+            {"integration-name": "shardtrain", "python-modules": ["shardtrain_airflow.hooks.ray"]},
+        ],
+        "connection-types": [
+            {"hook-class-name": "shardtrain_airflow.hooks.ray.RayHook", "connection-type": "ray"},
+        ],
+        "extra-links": ["shardtrain_airflow.operators.train.ModelLocationLink"],
     }

@@ -1,0 +1,13 @@
+from shardtrain_airflow.operators.train import (
+    LightGBMTrainOperator,
+    ModelLocationLink,
+    PyTorchTrainOperator,
+    XGBoostTrainOperator,
+)
+
+__all__ = [
+    "LightGBMTrainOperator",
+    "ModelLocationLink",
+    "PyTorchTrainOperator",
+    "XGBoostTrainOperator",
+]

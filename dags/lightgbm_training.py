@@ -1,0 +1,62 @@
+"""LightGBM training on Ray: prepare -> train (LightGBMTrainOperator) -> evaluate.
+
+Runs on the embedded defaults with ``python dags/lightgbm_training.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import DAG, Param, task
+from example_data import FEATURES, LABEL, holdout, prepare, rmse
+
+from shardtrain_airflow.operators import LightGBMTrainOperator
+
+with DAG(
+    dag_id="shardtrain_lightgbm",
+    schedule="@daily",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params={"rows": Param(200_000, type="integer", minimum=1000)},
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=5)},
+    tags=["shardtrain", "example"],
+) as dag:
+
+    @task
+    def locate_data(**context) -> dict[str, str]:
+        return prepare(int(context["params"]["rows"]))
+
+    data = locate_data()
+
+    train = LightGBMTrainOperator(
+        task_id="train",
+        path="{{ ti.xcom_pull(task_ids='locate_data')['train'] }}",
+        eval_path="{{ ti.xcom_pull(task_ids='locate_data')['holdout'] }}",
+        input_cols=FEATURES,
+        label_col=LABEL,
+        n_estimators=50,
+        training_params={"num_leaves": 31, "learning_rate": 0.2},
+        scaling_config={"num_workers": 2, "num_cpu_per_worker": 1},
+        artifact_stage_location=os.environ.get("SHARDTRAIN_STAGE"),
+        ray_conn_id=os.environ.get("SHARDTRAIN_RAY_CONN_ID"),
+    )
+    data >> train
+
+    @task
+    def evaluate(artifact: dict, data: dict) -> dict:
+        from shardtrain import load_model
+
+        booster = load_model(artifact)
+        x, y = holdout(data["holdout"])
+        score = rmse(booster.predict(x), y)
+        print(f"model location: {artifact['uri']}")
+        print(f"holdout rmse: {score:.4f}")
+        return {"uri": artifact["uri"], "holdout_rmse": score}
+
+    evaluate(train.output, data)
+
+
+if __name__ == "__main__":
+    dag.test()

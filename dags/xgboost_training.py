@@ -1,0 +1,67 @@
+"""Scheduled XGBoost training on Ray: prepare -> train (XGBoostTrainOperator) -> evaluate.
+
+Runs on the embedded defaults (local Ray, local stage) with ``python dags/xgboost_training.py``;
+set the ``ray_default`` / ``snowflake_default`` connections and the SHARDTRAIN_* variables
+below to train on a real cluster from Snowflake data into a Snowflake stage.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import DAG, Param, task
+from example_data import FEATURES, LABEL, holdout, prepare, rmse
+
+from shardtrain_airflow.operators import XGBoostTrainOperator
+
+with DAG(
+    dag_id="shardtrain_xgboost",
+    schedule="@daily",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params={"rows": Param(200_000, type="integer", minimum=1000)},
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=5)},
+    tags=["shardtrain", "example"],
+) as dag:
+
+    @task
+    def locate_data(**context) -> dict[str, str]:
+        return prepare(int(context["params"]["rows"]))
+
+    data = locate_data()
+
+    train = XGBoostTrainOperator(
+        task_id="train",
+        path="{{ ti.xcom_pull(task_ids='locate_data')['train'] }}",
+        eval_path="{{ ti.xcom_pull(task_ids='locate_data')['holdout'] }}",
+        input_cols=FEATURES,
+        label_col=LABEL,
+        n_estimators=50,
+        training_params={"max_depth": 6, "eta": 0.3},
+        scaling_config={"num_workers": 2, "num_cpu_per_worker": 1},
+        failure_config={"max_failures": 1, "checkpoint_frequency": 10},
+        artifact_stage_location=os.environ.get("SHARDTRAIN_STAGE"),
+        ray_conn_id=os.environ.get("SHARDTRAIN_RAY_CONN_ID"),
+    )
+    data >> train
+
+    @task
+    def evaluate(artifact: dict, data: dict) -> dict:
+        import xgboost
+
+        from shardtrain import load_model
+
+        booster = load_model(artifact)
+        x, y = holdout(data["holdout"])
+        score = rmse(booster.predict(xgboost.DMatrix(x, feature_names=FEATURES)), y)
+        print(f"model location: {artifact['uri']}")
+        print(f"holdout rmse: {score:.4f}")
+        return {"uri": artifact["uri"], "holdout_rmse": score}
+
+    evaluate(train.output, data)
+
+
+if __name__ == "__main__":
+    dag.test()

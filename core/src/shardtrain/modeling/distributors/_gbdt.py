@@ -437,6 +437,14 @@ class DistributedGBDT:
 
         results = worker_group.with_restarts(attempt, self.failure_config.max_failures, on_restart)
         history = state["history"]
+        emit(
+            "time per rank: "
+            + ", ".join(
+                f"rank {r}: data {res['seconds']['data']:.2f} s, training "
+                f"{res['seconds']['training']:.2f} s"
+                for r, res in enumerate(results)
+            )
+        )
         model_bytes = results[0]["model"]
         self._booster = self._load(model_bytes)
         self._eval_results = history

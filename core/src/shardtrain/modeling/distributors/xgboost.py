@@ -9,6 +9,7 @@ reports them each round and the driver logs, checkpoints and finally publishes t
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +103,7 @@ def _train_rank(
     )
     with communicator:
         nthread = params.get("nthread")
+        started = time.perf_counter()
         dtrain = xgboost.QuantileDMatrix(
             _ArrowIter(train, input_cols, label_col),
             max_bin=int(params.get("max_bin", 256)),
@@ -117,6 +119,7 @@ def _train_rank(
                     "eval",
                 )
             )
+        loaded = time.perf_counter()
         booster = None
         if init_model is not None:
             booster = xgboost.Booster()
@@ -134,6 +137,7 @@ def _train_rank(
         result = {
             "rows": dtrain.num_row(),
             "best_iteration": getattr(booster, "best_iteration", None),
+            "seconds": {"data": loaded - started, "training": time.perf_counter() - loaded},
         }
         if rank == 0:
             result["model"] = bytes(booster.save_raw("ubj"))

@@ -35,11 +35,16 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench --quick
 
-# Re-resolve the dev set from scratch and pin it (run after editing requirements-dev.txt).
+# Re-resolve the dev set and pin it (run after editing requirements-dev.txt). The anchors keep
+# the resolver on the versions known to work together (an open resolve picks Airflow 3.2 with
+# Prefect 3.9, which installs and then fails every Airflow task).
+ANCHORS := apache-airflow==3.3.2 prefect==3.7.7 ray==2.60.0 xgboost-cpu==3.2.0 lightgbm==4.7.0 \
+	torch==2.13.0 snowflake-snowpark-python==1.56.0 pendulum==3.3.0 mlflow==3.17.2 \
+	'pyarrow<26' 'importlib-metadata<10'
 constraints:
 	rm -rf /tmp/shardtrain-constraints && $(PYTHON) -m venv /tmp/shardtrain-constraints
-	/tmp/shardtrain-constraints/bin/pip install --quiet -r requirements-dev.txt
-	{ sed -n '1,3p' constraints.txt; /tmp/shardtrain-constraints/bin/pip freeze --exclude-editable; } > constraints.new
+	/tmp/shardtrain-constraints/bin/pip install --quiet -r requirements-dev.txt $(ANCHORS)
+	{ grep '^#' constraints.txt; /tmp/shardtrain-constraints/bin/pip freeze --exclude-editable; } > constraints.new
 	mv constraints.new constraints.txt
 
 clean:

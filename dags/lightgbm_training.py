@@ -1,4 +1,4 @@
-"""LightGBM training on Ray: prepare -> train (LightGBMTrainOperator) -> evaluate.
+"""LightGBM training on Ray: locate data -> train (LightGBMTrainOperator) -> evaluate -> register.
 
 Runs on the embedded defaults with ``python dags/lightgbm_training.py``.
 """
@@ -12,7 +12,7 @@ import pendulum
 from airflow.sdk import DAG, Param, task
 from example_data import FEATURES, LABEL, holdout, prepare, rmse
 
-from shardtrain_airflow.operators import LightGBMTrainOperator
+from shardtrain_airflow.operators import LightGBMTrainOperator, RegisterModelOperator
 
 with DAG(
     dag_id="shardtrain_lightgbm",
@@ -55,7 +55,15 @@ with DAG(
         print(f"holdout rmse: {score:.4f}")
         return {"uri": artifact["uri"], "holdout_rmse": score}
 
-    evaluate(train.output, data)
+    evaluated = evaluate(train.output, data)
+
+    register = RegisterModelOperator(
+        task_id="register",
+        model=train.output,
+        name="shardtrain_lightgbm_example",
+        registry=os.environ.get("SHARDTRAIN_REGISTRY"),  # default: sqlite MLflow
+    )
+    evaluated >> register
 
 
 if __name__ == "__main__":

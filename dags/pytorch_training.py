@@ -1,4 +1,4 @@
-"""PyTorch DDP on Ray: prepare -> train (PyTorchTrainOperator, 2 ranks) -> evaluate.
+"""PyTorch DDP on Ray: locate data -> train (PyTorchTrainOperator, 2 ranks) -> evaluate -> register.
 
 Runs on the embedded defaults with ``python dags/pytorch_training.py``.
 """
@@ -12,7 +12,15 @@ import pendulum
 from airflow.sdk import DAG, Param, task
 from example_data import FEATURES, LABEL, holdout, prepare, rmse
 
-from shardtrain_airflow.operators import PyTorchTrainOperator
+from shardtrain_airflow.operators import PyTorchTrainOperator, RegisterModelOperator
+
+
+def make_model():
+    import torch
+
+    return torch.nn.Sequential(
+        torch.nn.Linear(len(FEATURES), 32), torch.nn.ReLU(), torch.nn.Linear(32, 1)
+    )
 
 
 def train_func():
@@ -91,7 +99,16 @@ with DAG(
         print(f"holdout rmse: {score:.4f}")
         return {"uri": artifact["uri"], "holdout_rmse": score}
 
-    evaluate(train.output, data)
+    evaluated = evaluate(train.output, data)
+
+    register = RegisterModelOperator(
+        task_id="register",
+        model=train.output,
+        name="shardtrain_pytorch_example",
+        module=make_model,
+        registry=os.environ.get("SHARDTRAIN_REGISTRY"),  # default: sqlite MLflow
+    )
+    evaluated >> register
 
 
 if __name__ == "__main__":

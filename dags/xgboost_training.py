@@ -1,4 +1,4 @@
-"""Scheduled XGBoost training on Ray: prepare -> train (XGBoostTrainOperator) -> evaluate.
+"""Scheduled XGBoost training on Ray: locate data -> train (XGBoostTrainOperator) -> evaluate -> register.
 
 Runs on the embedded defaults (local Ray, local stage) with ``python dags/xgboost_training.py``;
 set the ``ray_default`` / ``snowflake_default`` connections and the SHARDTRAIN_* variables
@@ -14,7 +14,7 @@ import pendulum
 from airflow.sdk import DAG, Param, task
 from example_data import FEATURES, LABEL, holdout, prepare, rmse
 
-from shardtrain_airflow.operators import XGBoostTrainOperator
+from shardtrain_airflow.operators import RegisterModelOperator, XGBoostTrainOperator
 
 with DAG(
     dag_id="shardtrain_xgboost",
@@ -60,7 +60,15 @@ with DAG(
         print(f"holdout rmse: {score:.4f}")
         return {"uri": artifact["uri"], "holdout_rmse": score}
 
-    evaluate(train.output, data)
+    evaluated = evaluate(train.output, data)
+
+    register = RegisterModelOperator(
+        task_id="register",
+        model=train.output,
+        name="shardtrain_xgboost_example",
+        registry=os.environ.get("SHARDTRAIN_REGISTRY"),  # default: sqlite MLflow
+    )
+    evaluated >> register
 
 
 if __name__ == "__main__":

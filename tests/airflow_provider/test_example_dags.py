@@ -29,6 +29,13 @@ def test_example_dag_trains_and_hands_the_model_on(airflow_env, name, framework)
     evaluated = airflow_env.xcom(dag_id, "evaluate")
     assert evaluated["uri"] == artifact.uri and evaluated["holdout_rmse"] > 0
     assert f"model location: {artifact.uri}" in output
+    # the registration task received the artifact and registered it in the MLflow registry
+    registered = airflow_env.xcom(dag_id, "register")
+    assert registered["registry"] == "mlflow" and registered["source_uri"] == artifact.uri
+    assert registered["request_id"] == artifact.request_id
+    assert registered["name"] == f"{dag_id}_example" and registered["model_uri"].startswith(
+        f"models:/{dag_id}_example/")
+    assert f"registered model: {dag_id}_example version" in output
     # the extra link of the train task points at the model
     assert airflow_env.xcom(dag_id, "train", "_link_ModelLocationLink") == artifact.uri
     rendered = airflow_env.query(

@@ -2,6 +2,7 @@ from shardtrain_airflow.operators.train import (
     LightGBMTrainOperator,
     ModelLocationLink,
     PyTorchTrainOperator,
+    RegisterModelOperator,
     XGBoostTrainOperator,
 )
 
@@ -9,5 +10,6 @@ __all__ = [
     "LightGBMTrainOperator",
     "ModelLocationLink",
     "PyTorchTrainOperator",
+    "RegisterModelOperator",
     "XGBoostTrainOperator",
 ]

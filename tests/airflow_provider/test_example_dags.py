@@ -34,7 +34,8 @@ def test_example_dag_trains_and_hands_the_model_on(airflow_env, name, framework)
     assert registered["registry"] == "mlflow" and registered["source_uri"] == artifact.uri
     assert registered["request_id"] == artifact.request_id
     assert registered["name"] == f"{dag_id}_example" and registered["model_uri"].startswith(
-        f"models:/{dag_id}_example/")
+        f"models:/{dag_id}_example/"
+    )
     assert f"registered model: {dag_id}_example version" in output
     # the extra link of the train task points at the model
     assert airflow_env.xcom(dag_id, "train", "_link_ModelLocationLink") == artifact.uri

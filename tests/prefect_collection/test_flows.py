@@ -1,0 +1,134 @@
+"""Every example flow end to end under prefect_test_harness with a real local Ray."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from conftest import flush_logs
+from prefect import flow, task
+from prefect_snowflake import SnowflakeCredentials
+
+from prefect_shardtrain import ModelStage, train_xgboost
+from shardtrain import ModelArtifact, load_model
+from shardtrain.runtime import worker_group
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ray(ray_cluster):
+    yield
+    worker_group.shutdown_workers()
+
+
+def logs_of(api, flow_run_id) -> str:
+    from prefect.client.schemas.filters import LogFilter
+
+    flush_logs()
+    time.sleep(1)
+    logs = api.read_logs(log_filter=LogFilter(flow_run_id={"any_": [flow_run_id]}))
+    return "\n".join(log.message for log in logs)
+
+
+@pytest.mark.parametrize(
+    "module,flow_name,framework",
+    [
+        ("xgboost_flow", "xgboost_training", "xgboost"),
+        ("lightgbm_flow", "lightgbm_training", "lightgbm"),
+        ("pytorch_flow", "pytorch_training", "pytorch"),
+    ],
+)
+def test_example_flow(module, flow_name, framework, api, tmp_path):
+    import importlib
+
+    flow_fn = getattr(importlib.import_module(module), flow_name)
+    registry = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    state = flow_fn(rows=20_000, registry=registry, return_state=True)
+    assert state.is_completed(), state
+    result = state.result()
+    artifact = result["artifact"]
+    assert isinstance(artifact, ModelArtifact) and artifact.framework == framework
+    assert load_model(artifact) is not None
+    registered = result["registered"]
+    assert registered.source_uri == artifact.uri and registered.request_id == artifact.request_id
+    assert registered.model_uri.startswith(f"models:/shardtrain_{framework}_flow/")
+    assert result["holdout_rmse"] > 0
+    from prefect_shardtrain.tasks import artifact_key
+
+    by_key = {a.key: a for a in api.read_artifacts()}
+    key = artifact_key(artifact.request_id)
+    assert by_key[f"model-{key}"].type == "markdown"
+    assert artifact.uri in by_key[f"model-{key}"].data
+    assert by_key[f"metrics-{key}"].type == "table"
+    log = logs_of(api, state.state_details.flow_run_id)
+    assert f"model published to {artifact.uri}" in log
+    if framework == "xgboost":
+        assert "train-rmse:" in log and "eval-rmse:" in log  # per-round metrics
+
+
+def test_retry_republishes_to_the_same_location(api, tmp_path):
+    from example_data import FEATURES, LABEL, prepare
+
+    data = prepare(5000)
+    published = []
+
+    @task(retries=1, retry_delay_seconds=0)
+    def flaky_train():
+        from prefect.runtime import task_run
+
+        artifact = train_xgboost.fn(
+            data["train"],
+            FEATURES,
+            LABEL,
+            n_estimators=5,
+            scaling_config={"num_workers": 2, "num_cpu_per_worker": 1},
+        )
+        published.append(artifact.uri)
+        if task_run.get_run_count() == 1:
+            raise RuntimeError("transient failure after publishing")
+        return artifact
+
+    @flow
+    def retrying():
+        return flaky_train()
+
+    artifact = retrying()
+    assert len(published) == 2 and published[0] == published[1] == artifact.uri
+    assert load_model(artifact).num_boosted_rounds() == 5
+
+
+def test_block_secrets_never_reach_results_or_logs(api, tmp_path):
+    """The Snowflake credentials block carries a password; the session is Snowpark's local
+    emulation (no live account is reachable here), selected by `local_testing`."""
+    from example_data import FEATURES, LABEL, prepare
+
+    password, s3_secret = "pw-prefect-never-logged-5531", "s3-secret-never-logged-8812"
+    stage = ModelStage(
+        uri="@ML.PUBLIC.MODELS",
+        local_testing=True,
+        snowflake_credentials=SnowflakeCredentials(account="acme", user="u", password=password),
+        storage_options={"secret": s3_secret},
+    )
+    data = prepare(5000)
+
+    @flow
+    def with_secrets():
+        return train_xgboost(
+            data["train"],
+            FEATURES[:3],
+            LABEL,
+            n_estimators=3,
+            stage=stage,
+            scaling_config={"num_workers": 2, "num_cpu_per_worker": 1},
+        )
+
+    state = with_secrets(return_state=True)
+    artifact = state.result()
+    assert artifact.uri.startswith("@ML.PUBLIC.MODELS/model/prefect-")
+    text = (
+        json.dumps(artifact.to_dict())
+        + repr(artifact)
+        + logs_of(api, state.state_details.flow_run_id)
+    )
+    assert password not in text and s3_secret not in text
+    assert password not in repr(stage) and s3_secret not in repr(stage)

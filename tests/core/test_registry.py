@@ -120,9 +120,15 @@ def test_registering_the_same_artifact_twice_returns_the_existing_version(tmp_pa
 
 def test_default_registry_is_sqlite_under_shardtrain_home(tmp_path, monkeypatch):
     monkeypatch.setenv("SHARDTRAIN_HOME", str(tmp_path / "home"))
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
     registered = register_model(publish(tmp_path, "lightgbm"), name="default_model")
     assert (tmp_path / "home" / "mlflow" / "mlflow.db").is_file()
     assert registered.model_uri == "models:/default_model/1"
+    # the model files live beside the registry, not in the current directory (./mlruns)
+    assert list((tmp_path / "home" / "mlflow" / "mlflow-artifacts").rglob("MLmodel"))
+    assert list(workdir.iterdir()) == []
 
 
 def test_tampered_artifact_is_refused_and_nothing_registered(tmp_path):

@@ -155,9 +155,11 @@ def _register_mlflow(artifact, model, name, uri, version, metrics, tags) -> Regi
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     experiment = client.get_experiment_by_name("shardtrain")
-    experiment_id = (experiment.experiment_id if experiment is not None else
-                     client.create_experiment("shardtrain",
-                                              artifact_location=_artifact_location(uri)))
+    experiment_id = (
+        experiment.experiment_id
+        if experiment is not None
+        else client.create_experiment("shardtrain", artifact_location=_artifact_location(uri))
+    )
     mlflow.set_experiment(experiment_id=experiment_id)
     flavour = {"xgboost": mlflow.xgboost, "lightgbm": mlflow.lightgbm, "pytorch": mlflow.pytorch}[
         artifact.framework
@@ -195,7 +197,7 @@ def _artifact_location(uri: str) -> str | None:
     from pathlib import Path
 
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlflow-artifacts").as_uri()
+        return (Path(uri[len("sqlite:///") :]).resolve().parent / "mlflow-artifacts").as_uri()
     return None
 
 

@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 
 from shardtrain.config import FailureConfig
-from shardtrain.errors import ConfigError, ScalingConfigError
+from shardtrain.errors import ConfigError, ScalingConfigError, WorkerError
 from shardtrain.modeling.distributors import _gbdt
 from shardtrain.runtime import collective
 from shardtrain.runtime.resources import cluster_shape, resolve_gbdt_shape
 
 MODEL_FILE = "model.txt"
+PORT_RETRIES = 2
 #: Metrics that are means over rows: the global value is the row-weighted mean.
 _MEAN_METRICS = {
     "l2",
@@ -59,21 +60,34 @@ class LightGBMScalingConfig(_gbdt.GBDTScalingConfig):
 _HUBS: dict[str, socket.socket] = {}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
+_PORTS: dict[str, socket.socket] = {}
+
+
+def _reserve_port() -> tuple[socket.socket, int]:
+    """A bound socket on a free port, held until LightGBM is about to bind that port itself."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("", 0))
+    return sock, sock.getsockname()[1]
+
+
+def _release_port(token: str) -> None:
+    held = _PORTS.pop(token, None)
+    if held is not None:
+        held.close()
 
 
 def _prepare_rank(reporter, *, rank: int, token: str):
-    """Phase 1: each rank picks its LightGBM port; rank 0 also opens the metric hub."""
+    """Phase 1: each rank reserves its LightGBM port; rank 0 also opens the metric hub."""
     import ray
 
     hub_port = None
     if rank == 0:
         server, hub_port = collective.open_hub()
         _HUBS[token] = server
-    return {"ip": ray.util.get_node_ip_address(), "port": _free_port(), "hub_port": hub_port}
+    held, port = _reserve_port()
+    _PORTS[token] = held
+    return {"ip": ray.util.get_node_ip_address(), "port": port, "hub_port": hub_port}
 
 
 def _global_metrics(allreduce, results, counts):
@@ -180,6 +194,9 @@ def _train_rank(
             rows["eval"] = len(ey)
         init = lightgbm.Booster(model_str=init_model.decode()) if init_model else None
         loaded = time.perf_counter()
+        # Release the reserved port only now, so nothing else can take it while the shard
+        # loads; LightGBM binds it a moment later.
+        _release_port(token)
         booster = lightgbm.train(
             params,
             dtrain,
@@ -200,6 +217,7 @@ def _train_rank(
             ],
         )
     finally:
+        _release_port(token)
         allreduce.close()
     result = {
         "rows": rows["train"],
@@ -288,6 +306,20 @@ class LightGBMEstimator(_gbdt.DistributedGBDT):
             )
         params["num_threads"] = int(shape.cpus)
         return params, rounds, early, shape
+
+    def _attempt(self, *args, **kwargs):
+        # A reserved port is released a moment before LightGBM binds it; should another
+        # process take it in that moment, LightGBM fails to bind: retry on fresh ports.
+        for tries in range(PORT_RETRIES + 1):
+            try:
+                return super()._attempt(*args, **kwargs)
+            except WorkerError as exc:
+                if "Binding port" not in str(exc) or tries == PORT_RETRIES:
+                    raise
+                _gbdt.emit(
+                    f"LightGBM could not bind its port ({exc.message.splitlines()[0]}); "
+                    "retrying on fresh ports."
+                )
 
     def _launch(self, group, job, train_shards, eval_shards, on_progress, done):
         token = uuid.uuid4().hex

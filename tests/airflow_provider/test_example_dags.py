@@ -176,3 +176,20 @@ def test_snowflake_password_never_reaches_xcom_or_logs(airflow_env):
         output + json.dumps(airflow_env.query("select value from xcom")) + airflow_env.logs()
     )
     assert password not in everything
+
+
+def test_on_kill_tears_down_the_ray_workers(ray_cluster):
+    """Airflow calls on_kill when a task is stopped: the run's Ray workers go with it."""
+    import pandas as pd
+
+    from shardtrain.modeling.distributors.xgboost import XGBEstimator, XGBScalingConfig
+    from shardtrain.runtime import worker_group
+    from shardtrain_airflow.operators import XGBoostTrainOperator
+
+    frame = pd.DataFrame({"A": range(100), "Y": range(100)})
+    XGBEstimator(
+        n_estimators=2, scaling_config=XGBScalingConfig(num_workers=2, num_cpu_per_worker=1)
+    ).fit(frame, ["A"], "Y")
+    assert worker_group._idle, "a warm worker group should be held after a fit"
+    XGBoostTrainOperator(task_id="t", path="x", input_cols=["A"], label_col="Y").on_kill()
+    assert not worker_group._idle and not worker_group._busy

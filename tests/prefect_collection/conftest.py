@@ -28,9 +28,3 @@ def api(prefect_harness):
 
     with get_client(sync_client=True) as client:
         yield client
-
-
-def flush_logs() -> None:
-    from prefect.logging.handlers import APILogWorker
-
-    APILogWorker.drain_all(timeout=10)

@@ -6,7 +6,6 @@ import json
 import time
 
 import pytest
-from conftest import flush_logs
 from prefect import flow, task
 from prefect_snowflake import SnowflakeCredentials
 
@@ -19,6 +18,12 @@ from shardtrain.runtime import worker_group
 def _ray(ray_cluster):
     yield
     worker_group.shutdown_workers()
+
+
+def flush_logs() -> None:
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
 
 
 def logs_of(api, flow_run_id) -> str:

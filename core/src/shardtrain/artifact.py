@@ -6,6 +6,7 @@ what it is, how well it did, and what it was trained on; never credentials.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets
@@ -22,6 +23,15 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 def new_request_id() -> str:
     """A unique, time-sortable id: UTC timestamp to the microsecond, then 32 random bits."""
     return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{secrets.token_hex(4)}"
+
+
+def request_id_from(identity: str, *, unique: str | None = None, prefix: str = "") -> str:
+    """A request id from an orchestrator's identity of a task (the same for every retry):
+    the identity made path-safe, plus a hash of ``unique`` (default: the identity itself) so
+    that identities differing only in unsafe characters never collide."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", identity).strip("-.")[:150] or "run"
+    digest = hashlib.sha256((unique or identity).encode()).hexdigest()[:12]
+    return check_request_id(f"{prefix}{safe}-{digest}")
 
 
 def check_request_id(request_id: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import re
 from collections.abc import Callable, Iterator
@@ -13,9 +12,9 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from prefect_shardtrain.blocks import ModelStage, RayCluster
-from shardtrain.artifact import ModelArtifact
+from shardtrain.artifact import ModelArtifact, request_id_from
 from shardtrain.data.data_connector import DataConnector
-from shardtrain.errors import ConfigError
+from shardtrain.data.spec import connector_from_spec
 from shardtrain.registry import RegisteredModel
 
 DataSpec = str | dict[str, str] | DataConnector
@@ -25,29 +24,11 @@ def request_id() -> str:
     """The flow run and task run identity: the same for every retry of one task run."""
     from prefect.runtime import flow_run, task_run
 
-    raw = f"{flow_run.get_name() or flow_run.get_id()}__{task_run.get_name()}"
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-.")[:150] or "run"
-    return f"prefect-{safe}-{hashlib.sha256(str(task_run.get_id()).encode()).hexdigest()[:12]}"
-
-
-def data_connector(spec: DataSpec | None, session: Any, storage_options) -> DataConnector | None:
-    """A Parquet path/URL, ``{'table': ...}``, ``{'query': ...}``, ``{'path': ...}``, or a
-    DataConnector."""
-    if spec is None or isinstance(spec, DataConnector):
-        return spec
-    if isinstance(spec, str):
-        spec = {"path": spec}
-    given = {k: v for k, v in spec.items() if k in ("table", "query", "path") and v}
-    if len(given) != 1:
-        raise ConfigError(f"give the data as one of table, query or path, got {sorted(spec)}.")
-    kind, value = next(iter(given.items()))
-    if kind == "path":
-        return DataConnector.from_parquet(value, storage_options=storage_options)
-    if session is None:
-        raise ConfigError(f"a Snowflake {kind} needs a ModelStage with snowflake_credentials.")
-    if kind == "table":
-        return DataConnector.from_dataframe(session.table(value))
-    return DataConnector.from_sql(value, session=session)
+    return request_id_from(
+        f"{flow_run.get_name() or flow_run.get_id()}__{task_run.get_name()}",
+        unique=str(task_run.get_id()),
+        prefix="prefect-",
+    )
 
 
 @contextlib.contextmanager
@@ -114,10 +95,12 @@ def _train_gbdt(
     with forwarded_logs():
         estimator = estimator_factory()
         estimator.fit(
-            data_connector(data, session, options),
+            connector_from_spec(data, session=session, storage_options=options),
             input_cols,
             label_col,
-            eval_set=data_connector(eval_data, session, options),
+            eval_set=connector_from_spec(
+                eval_data, session=session, storage_options=options, name="eval"
+            ),
             verbose_eval=verbose_eval,
             artifact_stage_location=stage.uri,
             request_id=request_id(),
@@ -240,7 +223,8 @@ def train_pytorch(
             failure_config=FailureConfig(**(failure_config or {})),
         ).run(
             dataset_map={
-                n: data_connector(s, session, options) for n, s in (dataset_map or {}).items()
+                n: connector_from_spec(s, session=session, storage_options=options, name=n)
+                for n, s in (dataset_map or {}).items()
             },
             hyper_params=hyper_params,
             artifact_stage_location=stage.uri,

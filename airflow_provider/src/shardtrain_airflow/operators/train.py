@@ -6,31 +6,27 @@ owns the work. The return value, ``ModelArtifact.to_dict()``, is the XCom.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
-import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from airflow.sdk import BaseHook, BaseOperator, BaseOperatorLink
 
-from shardtrain.data.data_connector import DataConnector
+from shardtrain.artifact import request_id_from
+from shardtrain.data.spec import connector_from_spec
 from shardtrain.errors import ConfigError
 from shardtrain_airflow.hooks.ray import RayHook
-
-DATA_FIELDS = ("table", "query", "path")
 
 
 def request_id_for(ti: Any) -> str:
     """dag_id, run_id and task_id (and map index) as a folder name: the same for every try of
     one task instance, different for any other run or task."""
-    raw = f"{ti.dag_id}__{ti.run_id}__{ti.task_id}"
+    identity = f"{ti.dag_id}__{ti.run_id}__{ti.task_id}"
     if getattr(ti, "map_index", -1) not in (None, -1):
-        raw += f"__{ti.map_index}"
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-.")[:160] or "run"
-    return f"{safe}-{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
+        identity += f"__{ti.map_index}"
+    return request_id_from(identity)
 
 
 def snowpark_session(snowflake_conn_id: str) -> Any:
@@ -49,27 +45,6 @@ def snowpark_session(snowflake_conn_id: str) -> Any:
     from airflow.providers.snowflake.hooks.snowflake import SnowflakeHook
 
     return SnowflakeHook(snowflake_conn_id=snowflake_conn_id).get_snowpark_session()
-
-
-def data_connector(
-    spec: dict[str, Any] | None, session: Any, storage_options: dict | None, name: str
-) -> DataConnector | None:
-    """``{'table': ...}``, ``{'query': ...}`` or ``{'path': ...}`` -> a DataConnector."""
-    given = {k: v for k, v in (spec or {}).items() if k in DATA_FIELDS and v}
-    if not given:
-        return None
-    if len(given) > 1:
-        raise ConfigError(
-            f"give one of table, query or path for the {name} data, not {sorted(given)}."
-        )
-    kind, value = next(iter(given.items()))
-    if kind == "path":
-        return DataConnector.from_parquet(value, storage_options=storage_options)
-    if session is None:
-        raise ConfigError(f"the {name} data is a Snowflake {kind}: set snowflake_conn_id.")
-    if kind == "table":
-        return DataConnector.from_dataframe(session.table(value))
-    return DataConnector.from_sql(value, session=session)
 
 
 class ModelLocationLink(BaseOperatorLink):
@@ -146,19 +121,18 @@ class _TrainOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         RayHook(self.ray_conn_id).connect()
         session = snowpark_session(self.snowflake_conn_id) if self.snowflake_conn_id else None
-        train = data_connector(
+        train = connector_from_spec(
             {"table": self.table, "query": self.query, "path": self.path},
-            session,
-            self.storage_options,
-            "training",
+            session=session,
+            storage_options=self.storage_options,
         )
         if train is None:
             raise ConfigError("give the training data as table=, query= or path=.")
-        evals = data_connector(
+        evals = connector_from_spec(
             {"table": self.eval_table, "query": self.eval_query, "path": self.eval_path},
-            session,
-            self.storage_options,
-            "eval",
+            session=session,
+            storage_options=self.storage_options,
+            name="eval",
         )
         input_cols = (
             [c.strip() for c in self.input_cols.split(",")]
@@ -313,7 +287,9 @@ class PyTorchTrainOperator(BaseOperator):
         RayHook(self.ray_conn_id).connect()
         session = snowpark_session(self.snowflake_conn_id) if self.snowflake_conn_id else None
         datasets = {
-            name: data_connector(spec, session, self.storage_options, name)
+            name: connector_from_spec(
+                spec, session=session, storage_options=self.storage_options, name=name
+            )
             for name, spec in self.dataset_map.items()
         }
         scaling = dict(self.scaling_config)

@@ -1,217 +1,195 @@
-"""XGBoost / LightGBM end to end from Parquet: shardtrain vs the plain single-process library.
+"""XGBoost and LightGBM cases: plain library, shardtrain, and Ray Train, from Parquet to a model
+on disk, with the same parameters.
 
-    python -m bench.gbdt [--rows 1000000] [--repeats 3] [--small-repeats 5]
-
-Same data (rows x 32 float32 features, Parquet), same params (100 rounds, depth 6 / 63
-leaves, hist), same run. Wall time covers reading Parquet to a trained model (and, for
-shardtrain, publishing it to a local stage). Peak memory is the resident set of the whole
-process tree (driver, raylet, Ray workers) sampled every 20 ms, minus that tree's idle
-baseline just before the case, so Ray's own daemons are not charged to training. Quality is
-the held-out RMSE. The small-job case is 10k rows x 10 features, 10 rounds, 2 workers, after
-Ray is up (warm workers: the pool keeps them between fits, as in a long-running driver).
+- plain: one process with 2 threads reads the file with pyarrow, trains, saves the model.
+- shardtrain: ``XGBEstimator`` / ``LightGBMEstimator``, 2 workers x 1 CPU, publishing to a
+  local stage; each worker reads its own row window of the file.
+- Ray Train: ``XGBoostTrainer`` / ``LightGBMTrainer`` as Ray's documentation writes them:
+  ``ray.data.read_parquet`` as the dataset, and in each worker
+  ``get_dataset_shard().materialize().to_pandas()``. Two deliberate deviations, both in
+  Ray Train's favour: workers take 0.5 CPU each (at 1 CPU each, the two train workers hold
+  both of this machine's CPUs and Ray Data's read tasks never get one: the fit hangs), and
+  the model is reported once at the end instead of through ``RayTrainReportCallback``
+  (in Ray 2.60 that callback's per-round ``ray.train.report`` blocks about 2 s a round:
+  a 100-round fit of 200k rows took 224 s with it and 39 s without, measured here).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
+import os
 import tempfile
-import threading
-import time
+import uuid
 from pathlib import Path
 
-import numpy as np
-import psutil
-import pyarrow as pa
-import pyarrow.parquet as pq
+from bench.data import COLUMNS, feature_names, read_xy, rmse
 
-COLUMNS = 32
-
-
-def make_parquet(path: Path, rows: int, columns: int, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((rows, columns), dtype=np.float32)
-    y = x[:, 0] * 2 - x[:, 1] + np.sin(x[:, 2]) + 0.5 * x[:, 3] * x[:, 4]
-    y += rng.normal(0, 0.3, rows).astype(np.float32)
-    table = pa.table({**{f"f{i}": x[:, i] for i in range(columns)}, "y": y})
-    pq.write_table(table, path, row_group_size=128 * 1024)
+ROUNDS = 100
+SMALL_ROUNDS = 10
+SMALL_COLUMNS = 10
+XGB_PARAMS = {"max_depth": 6, "eta": 0.1, "tree_method": "hist"}
+LGB_PARAMS = {"num_leaves": 63, "learning_rate": 0.1, "verbose": -1}
+RAY_TRAIN_CPU_PER_WORKER = 0.5
 
 
-class PeakRSS:
-    """Peak RSS of this process and all its descendants, sampled in a thread."""
-
-    def __init__(self) -> None:
-        self.peak = 0
-        self._stop = threading.Event()
-
-    @staticmethod
-    def tree_rss() -> int:
-        me = psutil.Process()
-        total = me.memory_info().rss
-        for child in me.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:
-                pass
-        return total
-
-    def __enter__(self):
-        self.baseline = self.tree_rss()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.tree_rss())
-            time.sleep(0.02)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.used = max(self.peak - self.baseline, 0)
-
-
-def rmse(pred, y) -> float:
-    return float(np.sqrt(np.mean((np.asarray(pred) - y) ** 2)))
-
-
-def plain_xgboost(train: Path, holdout, rounds: int):
+def _xgb_holdout(booster, holdout, columns=COLUMNS) -> float:
     import xgboost as xgb
 
-    table = pq.read_table(train)
-    features = np.column_stack([table.column(f"f{i}").to_numpy() for i in range(COLUMNS)])
-    dtrain = xgb.QuantileDMatrix(features, table.column("y").to_numpy(), nthread=2)
-    booster = xgb.train(
-        {"max_depth": 6, "eta": 0.1, "tree_method": "hist", "nthread": 2}, dtrain, rounds
-    )
-    return rmse(booster.predict(xgb.DMatrix(holdout[0])), holdout[1])
+    x, y = holdout
+    return rmse(booster.predict(xgb.DMatrix(x, feature_names=feature_names(columns))), y)
 
 
-def plain_lightgbm(train: Path, holdout, rounds: int):
+# -- plain --------------------------------------------------------------------------------
+
+
+def _lgb_holdout(booster, holdout) -> float:
+    x, y = holdout
+    return rmse(booster.predict(x), y)
+
+
+def xgboost_plain(ctx):
+    import xgboost as xgb
+
+    x, y = read_xy(ctx.train)
+    dtrain = xgb.QuantileDMatrix(x, y, nthread=2, feature_names=feature_names())
+    booster = xgb.train({**XGB_PARAMS, "nthread": 2}, dtrain, ROUNDS)
+    booster.save_model(ctx.work / "plain.ubj")
+    return lambda: _xgb_holdout(booster, ctx.holdout())
+
+
+def lightgbm_plain(ctx):
     import lightgbm as lgb
 
-    table = pq.read_table(train)
-    features = np.column_stack([table.column(f"f{i}").to_numpy() for i in range(COLUMNS)])
-    booster = lgb.train(
-        {"num_leaves": 63, "learning_rate": 0.1, "num_threads": 2, "verbose": -1},
-        lgb.Dataset(features, table.column("y").to_numpy()),
-        rounds,
-    )
-    return rmse(booster.predict(holdout[0]), holdout[1])
+    x, y = read_xy(ctx.train)
+    booster = lgb.train({**LGB_PARAMS, "num_threads": 2}, lgb.Dataset(x, y), ROUNDS)
+    booster.save_model(ctx.work / "plain.txt")
+    return lambda: _lgb_holdout(booster, ctx.holdout())
 
 
-def shardtrain_fit(framework: str, train: Path, holdout, rounds: int, stage: str, columns=COLUMNS):
+# -- shardtrain ---------------------------------------------------------------------------
+
+
+def _shardtrain_fit(framework: str, path: Path, stage: Path, rounds: int, columns: int):
     from shardtrain import DataConnector
     from shardtrain.modeling.distributors.lightgbm import LightGBMEstimator, LightGBMScalingConfig
     from shardtrain.modeling.distributors.xgboost import XGBEstimator, XGBScalingConfig
 
     if framework == "xgboost":
-        est = XGBEstimator(
+        estimator = XGBEstimator(
             n_estimators=rounds,
-            params={"max_depth": 6, "eta": 0.1},
+            params={k: v for k, v in XGB_PARAMS.items() if k != "tree_method"},
             scaling_config=XGBScalingConfig(num_workers=2, num_cpu_per_worker=1),
         )
     else:
-        est = LightGBMEstimator(
+        estimator = LightGBMEstimator(
             n_estimators=rounds,
-            params={"num_leaves": 63, "learning_rate": 0.1},
+            params={k: v for k, v in LGB_PARAMS.items() if k != "verbose"},
             scaling_config=LightGBMScalingConfig(num_workers=2, num_cpu_per_worker=1),
         )
-    booster = est.fit(
-        DataConnector.from_parquet(str(train)),
-        [f"f{i}" for i in range(columns)],
+    return estimator.fit(
+        DataConnector.from_parquet(str(path)),
+        feature_names(columns),
         "y",
-        artifact_stage_location=stage,
+        artifact_stage_location=str(stage),
     )
-    if holdout is None:
-        return None
-    if framework == "xgboost":
-        import xgboost as xgb
-
-        names = [f"f{i}" for i in range(columns)]
-        return rmse(booster.predict(xgb.DMatrix(holdout[0], feature_names=names)), holdout[1])
-    return rmse(booster.predict(holdout[0]), holdout[1])
 
 
-def measure(fn, repeats: int) -> dict:
-    times, mems, metric = [], [], None
-    for _ in range(repeats):
-        with PeakRSS() as peak:
-            start = time.perf_counter()
-            metric = fn()
-            times.append(time.perf_counter() - start)
-        mems.append(peak.used)
-    return {
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "max_s": max(times),
-        "peak_gib": statistics.median(mems) / 2**30,
-        "metric": metric,
-        "runs": times,
+def xgboost_shardtrain(ctx):
+    booster = _shardtrain_fit("xgboost", ctx.train, ctx.work / "stage", ROUNDS, COLUMNS)
+    return lambda: _xgb_holdout(booster, ctx.holdout())
+
+
+def lightgbm_shardtrain(ctx):
+    booster = _shardtrain_fit("lightgbm", ctx.train, ctx.work / "stage", ROUNDS, COLUMNS)
+    return lambda: _lgb_holdout(booster, ctx.holdout())
+
+
+def small_job_shardtrain(ctx) -> None:
+    _shardtrain_fit("xgboost", ctx.small, ctx.work / "stage", SMALL_ROUNDS, SMALL_COLUMNS)
+
+
+# -- Ray Train ----------------------------------------------------------------------------
+
+
+def _report_model(save) -> None:
+    """Rank 0 saves the model into a checkpoint reported once; the other ranks report none."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if ray.train.get_context().get_world_rank() == 0:
+            save(folder)
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report({}, checkpoint=checkpoint)
+
+
+def _ray_train_xgboost_loop(config: dict) -> None:
+    import ray.train
+    import xgboost
+
+    frame = ray.train.get_dataset_shard("train").materialize().to_pandas()
+    dtrain = xgboost.QuantileDMatrix(frame.drop(columns="y"), label=frame["y"], nthread=1)
+    booster = xgboost.train({**XGB_PARAMS, "nthread": 1}, dtrain, config["rounds"])
+    _report_model(lambda folder: booster.save_model(os.path.join(folder, "model.ubj")))
+
+
+def _ray_train_lightgbm_loop(config: dict) -> None:
+    import lightgbm
+    import ray.train
+    from ray.train.lightgbm import get_network_params, normalize_pandas_for_lightgbm
+
+    frame = ray.train.get_dataset_shard("train").materialize().to_pandas()
+    frame = normalize_pandas_for_lightgbm(frame)
+    params = {
+        **LGB_PARAMS,
+        "num_threads": 1,
+        "tree_learner": "data_parallel",
+        "pre_partition": True,
+        **get_network_params(),
     }
+    dataset = lightgbm.Dataset(frame.drop(columns="y"), label=frame["y"])
+    booster = lightgbm.train(params, dataset, config["rounds"])
+    _report_model(lambda folder: booster.save_model(os.path.join(folder, "model.txt")))
 
 
-def main(argv=None) -> dict:
-    import ray
+def _ray_train_fit(framework: str, path: Path, storage: Path, rounds: int) -> Path:
+    import ray.data
+    from ray.train import RunConfig, ScalingConfig
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--small-repeats", type=int, default=5)
-    parser.add_argument("--json", type=str, default=None)
-    args = parser.parse_args(argv)
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        make_parquet(tmp / "train.parquet", args.rows, COLUMNS, 0)
-        make_parquet(tmp / "holdout.parquet", 100_000, COLUMNS, 1)
-        make_parquet(tmp / "small.parquet", 10_000, 10, 2)
-        hold = pq.read_table(tmp / "holdout.parquet")
-        holdout = (
-            np.column_stack([hold.column(f"f{i}").to_numpy() for i in range(COLUMNS)]),
-            hold.column("y").to_numpy(),
-        )
-        stage = str(tmp / "stage")
-        results["xgboost plain"] = measure(
-            lambda: plain_xgboost(tmp / "train.parquet", holdout, 100), args.repeats
-        )
-        results["lightgbm plain"] = measure(
-            lambda: plain_lightgbm(tmp / "train.parquet", holdout, 100), args.repeats
-        )
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-        for framework in ("xgboost", "lightgbm"):
-            cold = measure(
-                lambda f=framework: shardtrain_fit(f, tmp / "train.parquet", holdout, 100, stage), 1
-            )
-            warm = measure(
-                lambda f=framework: shardtrain_fit(f, tmp / "train.parquet", holdout, 100, stage),
-                args.repeats,
-            )
-            results[f"{framework} shardtrain (cold workers)"] = cold
-            results[f"{framework} shardtrain"] = warm
-        from shardtrain.runtime.worker_group import shutdown_workers
+    if framework == "xgboost":
+        from ray.train.xgboost import XGBoostTrainer as Trainer
 
-        shutdown_workers()
-        results["small job shardtrain (cold workers)"] = measure(
-            lambda: shardtrain_fit("xgboost", tmp / "small.parquet", None, 10, stage, 10), 1
-        )
-        results["small job shardtrain"] = measure(
-            lambda: shardtrain_fit("xgboost", tmp / "small.parquet", None, 10, stage, 10),
-            args.small_repeats,
-        )
-        ray.shutdown()
-    for name, r in results.items():
-        metric = f"{r['metric']:.4f}" if r["metric"] is not None else "-"
-        print(
-            f"{name:40s} median {r['median_s']:7.2f} s (min {r['min_s']:.2f}, max "
-            f"{r['max_s']:.2f})  peak +{r['peak_gib']:.2f} GiB  holdout rmse {metric}"
-        )
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
-    return results
+        loop = _ray_train_xgboost_loop
+    else:
+        from ray.train.lightgbm import LightGBMTrainer as Trainer
+
+        loop = _ray_train_lightgbm_loop
+    result = Trainer(
+        loop,
+        train_loop_config={"rounds": rounds},
+        scaling_config=ScalingConfig(
+            num_workers=2, resources_per_worker={"CPU": RAY_TRAIN_CPU_PER_WORKER}
+        ),
+        run_config=RunConfig(storage_path=str(storage), name=uuid.uuid4().hex),
+        datasets={"train": ray.data.read_parquet(str(path))},
+    ).fit()
+    return Path(result.checkpoint.path)
 
 
-if __name__ == "__main__":
-    main()
+def xgboost_ray_train(ctx):
+    import xgboost
+
+    folder = _ray_train_fit("xgboost", ctx.train, ctx.work / "ray_train", ROUNDS)
+    booster = xgboost.Booster(model_file=str(folder / "model.ubj"))
+    return lambda: _xgb_holdout(booster, ctx.holdout())
+
+
+def lightgbm_ray_train(ctx):
+    import lightgbm
+
+    folder = _ray_train_fit("lightgbm", ctx.train, ctx.work / "ray_train", ROUNDS)
+    booster = lightgbm.Booster(model_file=str(folder / "model.txt"))
+    return lambda: _lgb_holdout(booster, ctx.holdout())
+
+
+def small_job_ray_train(ctx) -> None:
+    _ray_train_fit("xgboost", ctx.small, ctx.work / "ray_train", SMALL_ROUNDS)

@@ -1,152 +1,198 @@
-"""PyTorch DDP: PyTorchDistributor vs the same loop under torch.multiprocessing, same data.
+"""PyTorch DDP cases: the same MLP loop under torch.multiprocessing, PyTorchDistributor and
+Ray Train's TorchTrainer, on the same Parquet file.
 
-    python -m bench.pytorch [--rows 1000000] [--repeats 3]
+An MLP (32 -> 64 -> 1), 2 epochs, batch 1024, SGD, 2 ranks with gloo and one torch thread
+each. Every case includes start-up (spawning processes or starting Ray workers, and the
+process group) and ends with rank 0's weights on disk; the held-out metric is the RMSE of
+those weights on the holdout file.
 
-An MLP (32 -> 64 -> 1) on rows x 32 float32 features from Parquet, 2 epochs, batch 1024,
-2 ranks with gloo. Both cases include start-up: spawning the processes (or, for
-shardtrain, leasing the Ray workers: cold on the first run, warm afterwards) and
-initialising the process group. Ray is started before timing (a driver that trains has it).
+- ``torch.multiprocessing``: ``mp.spawn``; each rank reads its half of the file with pyarrow
+  into tensors (the fastest plain way to feed it).
+- shardtrain: ``PyTorchDistributor`` streams each rank's shard through
+  ``to_torch_dataset(batch_size=1024)``.
+- Ray Train: ``TorchTrainer`` as documented: ``ray.data.read_parquet`` as the dataset,
+  ``prepare_model`` and ``get_dataset_shard().iter_torch_batches`` each epoch, 0.5 CPU per
+  worker (see bench.gbdt for why), the state dict reported once at the end.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
-import statistics
 import tempfile
-import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
-COLUMNS = 32
+from bench.data import COLUMNS, feature_names, rmse
+
 EPOCHS = 2
 BATCH = 1024
+RAY_TRAIN_CPU_PER_WORKER = 0.5
 
 
-def loop(rank: int, world: int, batches) -> float:
+def _model():
     import torch
-    from torch.nn.parallel import DistributedDataParallel as DDP
 
-    torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = DDP(
-        torch.nn.Sequential(torch.nn.Linear(COLUMNS, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1))
+    return torch.nn.Sequential(
+        torch.nn.Linear(COLUMNS, 64), torch.nn.ReLU(), torch.nn.Linear(64, 1)
     )
+
+
+def _train(model, batches) -> None:
+    """The loop every case runs; ``model`` is already wrapped in DDP."""
+    import torch
+
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    loss = None
     for _ in range(EPOCHS):
         for x, y in batches():
             loss = torch.nn.functional.mse_loss(model(x).squeeze(1), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    return float(loss)
 
 
-def _mp_worker(rank: int, world: int, path: str, port: int) -> None:
+def _holdout_rmse(state_dict, holdout) -> float:
+    import torch
+
+    model = _model()
+    model.load_state_dict(state_dict)
+    x, y = holdout
+    with torch.no_grad():
+        return rmse(model(torch.from_numpy(x)).squeeze(1).numpy(), y)
+
+
+# -- torch.multiprocessing ----------------------------------------------------------------
+
+
+def _mp_rank(rank: int, world: int, path: str, port: int, out: str) -> None:
     import torch
     import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
 
+    torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     table = pq.read_table(path)
-    n = table.num_rows
-    part = table.slice(rank * n // world, (rank + 1) * n // world - rank * n // world)
-    x = torch.from_numpy(np.column_stack([part.column(f"f{i}").to_numpy() for i in range(COLUMNS)]))
+    start, stop = rank * table.num_rows // world, (rank + 1) * table.num_rows // world
+    part = table.slice(start, stop - start)
+    x = torch.from_numpy(np.column_stack([part.column(c).to_numpy() for c in feature_names()]))
     y = torch.from_numpy(part.column("y").to_numpy())
 
     def batches():
-        for start in range(0, len(y), BATCH):
-            yield x[start : start + BATCH], y[start : start + BATCH]
+        for i in range(0, len(y), BATCH):
+            yield x[i : i + BATCH], y[i : i + BATCH]
 
-    loop(rank, world, batches)
+    model = DistributedDataParallel(_model())
+    _train(model, batches)
+    if rank == 0:
+        torch.save(model.module.state_dict(), out)
     dist.destroy_process_group()
 
 
-def multiprocessing_ddp(path: Path) -> None:
+def torch_multiprocessing(ctx):
+    import torch
     import torch.multiprocessing as mp
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    mp.spawn(_mp_worker, args=(2, str(path), port), nprocs=2, join=True)
+    out = str(ctx.work / "mp_model.pt")
+    mp.spawn(_mp_rank, args=(2, str(ctx.train), port, out), nprocs=2, join=True)
+    state = torch.load(out, weights_only=True)
+    return lambda: _holdout_rmse(state, ctx.holdout())
 
 
-def _distributor_train() -> None:
+# -- shardtrain ---------------------------------------------------------------------------
+
+
+def _distributor_loop() -> None:
     import torch
     import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
 
     from shardtrain.modeling.distributors.pytorch import get_context
 
+    torch.set_num_threads(1)
     context = get_context()
     dist.init_process_group(backend=context.get_default_backend())
     shard = context.get_dataset_map()["train"].get_shard()
-    columns = [f"f{i}" for i in range(COLUMNS)]
+    columns = feature_names()
 
     def batches():
         for batch in shard.to_torch_dataset(batch_size=BATCH, drop_last_batch=False):
             yield torch.stack([batch[c] for c in columns], dim=1), batch["y"]
 
-    loop(context.get_rank(), context.get_world_size(), batches)
+    model = DistributedDataParallel(_model())
+    _train(model, batches)
+    if context.get_rank() == 0:
+        torch.save(model.module.state_dict(), os.path.join(context.get_model_dir(), "model.pt"))
 
 
-def distributor(path: Path, stage: str) -> None:
+def torch_shardtrain(ctx):
+    import torch
+
     from shardtrain import ShardedDataConnector
     from shardtrain.modeling.distributors.pytorch import PyTorchDistributor
 
-    PyTorchDistributor(_distributor_train).run(
-        dataset_map={"train": ShardedDataConnector.from_parquet(str(path))},
-        artifact_stage_location=stage,
+    result = PyTorchDistributor(_distributor_loop).run(
+        dataset_map={"train": ShardedDataConnector.from_parquet(str(ctx.train))},
+        artifact_stage_location=str(ctx.work / "stage"),
     )
 
+    def evaluate() -> float:
+        from shardtrain.stage.publish import fetch_model
 
-def main(argv=None) -> dict:
-    import ray
+        with tempfile.TemporaryDirectory() as folder:
+            fetch_model(result.get_model_dir(), folder)
+            state = torch.load(Path(folder) / "model.pt", weights_only=True)
+        return _holdout_rmse(state, ctx.holdout())
 
-    from bench.gbdt import make_parquet
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
-    times: dict[str, list[float]] = {
-        "torch.multiprocessing DDP": [],
-        "PyTorchDistributor (cold workers)": [],
-        "PyTorchDistributor": [],
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "train.parquet"
-        make_parquet(path, args.rows, COLUMNS, 0)
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-        for repeat in range(args.repeats + 1):
-            start = time.perf_counter()
-            multiprocessing_ddp(path)
-            if repeat:
-                times["torch.multiprocessing DDP"].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            distributor(path, str(Path(tmp) / "stage"))
-            key = "PyTorchDistributor" if repeat else "PyTorchDistributor (cold workers)"
-            times[key].append(time.perf_counter() - start)
-        ray.shutdown()
-    base = statistics.median(times["torch.multiprocessing DDP"])
-    results = {}
-    for name, samples in times.items():
-        median = statistics.median(samples)
-        results[name] = {
-            "median_s": median,
-            "min_s": min(samples),
-            "max_s": max(samples),
-            "vs_mp": median / base,
-        }
-        print(
-            f"{name:36s} median {median:6.2f} s (min {min(samples):.2f}, max "
-            f"{max(samples):.2f})  {median / base:.2f}x torch.multiprocessing"
-        )
-    return results
+    return evaluate
 
 
-if __name__ == "__main__":
-    main()
+# -- Ray Train ----------------------------------------------------------------------------
+
+
+def _ray_train_loop(config: dict) -> None:
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    torch.set_num_threads(1)
+    model = ray.train.torch.prepare_model(_model())
+    shard = ray.train.get_dataset_shard("train")
+    columns = feature_names()
+
+    def batches():
+        for batch in shard.iter_torch_batches(batch_size=BATCH):
+            yield torch.stack([batch[c] for c in columns], dim=1), batch["y"]
+
+    _train(model, batches)
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if ray.train.get_context().get_world_rank() == 0:
+            torch.save(model.module.state_dict(), os.path.join(folder, "model.pt"))
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report({}, checkpoint=checkpoint)
+
+
+def torch_ray_train(ctx):
+    import ray.data
+    import torch
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    result = TorchTrainer(
+        _ray_train_loop,
+        scaling_config=ScalingConfig(
+            num_workers=2, resources_per_worker={"CPU": RAY_TRAIN_CPU_PER_WORKER}
+        ),
+        run_config=RunConfig(storage_path=str(ctx.work / "ray_train"), name=uuid.uuid4().hex),
+        datasets={"train": ray.data.read_parquet(str(ctx.train))},
+    ).fit()
+    state = torch.load(Path(result.checkpoint.path) / "model.pt", weights_only=True)
+    return lambda: _holdout_rmse(state, ctx.holdout())

@@ -23,6 +23,7 @@ class Case:
     fn: str  # "module:function" under bench
     workers: str = ""  # "", "cold" or "warm"
     data: str = "train"  # "train" (rows x 32) or "small" (10k x 10)
+    warmup: bool = False  # one untimed run first (implied by workers="warm")
 
     @property
     def preload(self) -> tuple[str, ...]:
@@ -146,10 +147,22 @@ def plan(quick: bool, rows: int | None = None, ray_train: bool | None = None) ->
             rows,
             True,
             [
-                Case("loading/pyarrow.dataset scan", "data_loading:pyarrow_scan"),
-                Case("loading/DataConnector.iter_batches", "data_loading:connector_batches"),
-                Case("loading/DataConnector.to_torch_dataset", "data_loading:connector_torch"),
-                Case("loading/Ray Data iter_torch_batches", "data_loading:ray_data_torch"),
+                Case("loading/pyarrow.dataset scan", "data_loading:pyarrow_scan", warmup=True),
+                Case(
+                    "loading/DataConnector.iter_batches",
+                    "data_loading:connector_batches",
+                    warmup=True,
+                ),
+                Case(
+                    "loading/DataConnector.to_torch_dataset",
+                    "data_loading:connector_torch",
+                    warmup=True,
+                ),
+                Case(
+                    "loading/Ray Data iter_torch_batches",
+                    "data_loading:ray_data_torch",
+                    warmup=True,
+                ),
             ],
         )
     )

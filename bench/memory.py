@@ -1,6 +1,6 @@
 """Peak memory of a case: resident memory summed over the driver and every Ray worker.
 
-A thread samples every 50 ms. Processes are this driver and its descendants (``ray.init``
+A thread samples every 100 ms. Processes are this driver and its descendants (``ray.init``
 starts the raylet, and Ray's workers are the raylet's children; ``mp.spawn``'s ranks are
 the driver's). Workers are every descendant but Ray's daemons (GCS, raylet, dashboard and
 runtime-env agents, log monitor), which only the whole-tree figure includes. RSS, not PSS: reading PSS for a dozen processes takes ~27 ms
@@ -11,6 +11,7 @@ process that maps them, so sums over many processes overstate, which the report 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import psutil
 
@@ -30,26 +31,46 @@ def _is_daemon(process: psutil.Process) -> bool:
     return any(part.endswith(_DAEMON_SCRIPTS) for part in command[1:3])
 
 
+def _title(process: psutil.Process) -> str:
+    """``ray::IDLE`` or ``ray::_TrainWorker.run`` as Ray titles it; else the program or script."""
+    try:
+        command = process.cmdline() or [process.name()]
+    except psutil.Error:
+        return "?"
+    if command[0].startswith("ray::"):
+        return command[0].split()[0]
+    scripts = [part for part in command[1:3] if part.endswith(".py")]
+    return Path(scripts[0] if scripts else command[0]).name
+
+
 class PeakMemory:
     """Context manager: ``peak`` (driver + workers) and ``peak_tree`` (all), in bytes."""
 
-    def __init__(self, interval_s: float = 0.05) -> None:
+    def __init__(self, interval_s: float = 0.1) -> None:
         self.interval_s = interval_s
         self.peak = 0
         self.peak_tree = 0
         self.idle = 0
         self._driver = psutil.Process()
         self._daemons: dict[int, bool] = {}
+        self._titles: dict[int, str] = {}
+        #: Peak RSS of each process seen, by a readable title ("driver", "ray::IDLE 1234").
+        self.by_process: dict[str, int] = {}
         self._stop = threading.Event()
+
+    def _note(self, title: str, rss: int) -> None:
+        self.by_process[title] = max(self.by_process.get(title, 0), rss)
 
     def sample(self) -> tuple[int, int]:
         driver = self._driver.memory_info().rss
+        self._note("driver", driver)
         workers = tree = 0
         for child in self._driver.children(recursive=True):
             try:
                 rss = child.memory_info().rss
                 if child.pid not in self._daemons:
                     self._daemons[child.pid] = _is_daemon(child)
+                self._note(f"{_title(child)} {child.pid}", rss)
             except psutil.Error:
                 continue
             tree += rss

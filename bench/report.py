@@ -214,7 +214,7 @@ def render(raw: dict, findings: str | None) -> str:
         "float32 features + label in one Parquet file (row groups of 128k); holdout 100k rows",
         "  from the same generator; the small job is 10k rows x 10 features, 10 rounds.",
         "- Memory: peak resident memory summed over the driver and every Ray worker process,",
-        "  sampled every 50 ms; 'idle before' is that sum just before the case started (Ray's",
+        "  sampled every 100 ms; 'idle before' is that sum just before the case started (Ray's",
         "  idle workers included); 'whole process tree' adds Ray's daemons (GCS, raylet, agents).",
         "  RSS counts shared pages once per process, so sums over many processes overstate.",
         "- Ray cases run on a local Ray of 2 CPUs started before timing; each job (implementation)",

@@ -68,7 +68,7 @@ def run_job(job: dict, data: Path, work: Path, repeats: int) -> list[dict]:
             holdout_path=data / "holdout.parquet",
             work=work,
         )
-        if case["workers"] == "warm":
+        if case["workers"] == "warm" or case.get("warmup"):
             fn(ctx)
         runs = []
         for _ in range(repeats):

@@ -9,6 +9,7 @@ reports them each round and the driver logs, checkpoints and finally publishes t
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -33,24 +34,55 @@ class XGBScalingConfig(_gbdt.GBDTScalingConfig):
     """
 
 
-class _ArrowIter:
-    """An ``xgboost.DataIter`` over a shard's Arrow batches (built lazily in the worker)."""
+#: A shard up to this many bytes (as float32 features + label) is kept in memory after the
+#: first pass, so the QuantileDMatrix's second pass (binning) does not read and convert it
+#: again; a larger shard is streamed on every pass, one batch at a time.
+SHARD_CACHE_BYTES = int(float(os.environ.get("SHARDTRAIN_SHARD_CACHE_MB", "1024")) * 2**20)
 
-    def __new__(cls, connector, input_cols, label_col):
+
+class _ArrowIter:
+    """An ``xgboost.DataIter`` over a shard's Arrow batches (built lazily in the worker).
+
+    XGBoost passes over the data twice (sketch, then bin). The first pass keeps the batches
+    while they fit ``cache_bytes``; if it finishes within that, the second pass replays them.
+    """
+
+    def __new__(cls, connector, input_cols, label_col, cache_bytes: int = SHARD_CACHE_BYTES):
         import xgboost
 
         class ArrowIter(xgboost.DataIter):
             def __init__(self) -> None:
                 super().__init__(release_data=True)
                 self._batches = None
+                self._cache: list | None = []
+                self._cached_bytes = 0
+                self._complete = False
 
             def reset(self) -> None:
                 self._batches = None
 
-            def next(self, input_data) -> bool:
+            def _next_batch(self):
                 if self._batches is None:
-                    self._batches = _gbdt.matrix_batches(connector, input_cols, label_col)
+                    self._batches = (
+                        iter(self._cache)
+                        if self._complete
+                        else _gbdt.matrix_batches(connector, input_cols, label_col)
+                    )
                 item = next(self._batches, None)
+                if self._complete:
+                    return item
+                if item is None:
+                    self._complete = self._cache is not None
+                elif self._cache is not None:
+                    self._cached_bytes += item[0].nbytes + item[1].nbytes
+                    if self._cached_bytes <= cache_bytes:
+                        self._cache.append(item)
+                    else:
+                        self._cache = None  # too big: stream every pass
+                return item
+
+            def next(self, input_data) -> bool:
+                item = self._next_batch()
                 if item is None:
                     return False
                 features, label = item

@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
         cases = run_jobs(jobs, data, args.repeats, log)
     name = "benchmarks" if not args.quick else "quick"
     raw = {
-        "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(["python -m bench", *(sys.argv[1:] if argv is None else argv)]),
         "started": started.strftime("%Y-%m-%d %H:%M UTC"),
         "duration_s": (datetime.datetime.now(datetime.UTC) - started).total_seconds(),
         "machine": machine(),

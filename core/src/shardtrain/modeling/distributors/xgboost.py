@@ -1,7 +1,8 @@
 """Distributed XGBoost on Ray: ``XGBEstimator`` and ``XGBScalingConfig``.
 
 Each rank is a Ray actor that reads its own shard as Arrow batches into a ``QuantileDMatrix``
-(through a ``DataIter``: no pandas, no full copy) and joins the others through XGBoost's
+(through a ``DataIter``: no pandas; a shard within ``SHARDTRAIN_SHARD_CACHE_MB`` is kept for
+the matrix's second pass, a larger one is streamed again) and joins the others through XGBoost's
 collective, with a ``RabitTracker`` on the driver. Metrics are XGBoost's global ones; rank 0
 reports them each round and the driver logs, checkpoints and finally publishes the model.
 """

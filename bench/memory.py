@@ -57,6 +57,7 @@ class PeakMemory:
         #: Peak RSS of each process seen, by a readable title ("driver", "ray::IDLE 1234").
         self.by_process: dict[str, int] = {}
         self._stop = threading.Event()
+        self.failed_samples = 0
 
     def _note(self, title: str, rss: int) -> None:
         self.by_process[title] = max(self.by_process.get(title, 0), rss)
@@ -65,13 +66,14 @@ class PeakMemory:
         driver = self._driver.memory_info().rss
         self._note("driver", driver)
         workers = tree = 0
-        for child in self._driver.children(recursive=True):
+        children = self._driver.children(recursive=True)
+        for child in children:
             try:
                 rss = child.memory_info().rss
                 if child.pid not in self._daemons:
                     self._daemons[child.pid] = _is_daemon(child)
                 self._note(f"{_title(child)} {child.pid}", rss)
-            except psutil.Error:
+            except Exception:  # noqa: BLE001 - gone, a zombie, or unreadable: skip this one
                 continue
             tree += rss
             if not self._daemons[child.pid]:
@@ -80,7 +82,11 @@ class PeakMemory:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            used, tree = self.sample()
+            try:
+                used, tree = self.sample()
+            except Exception:  # noqa: BLE001 - e.g. a process vanished mid-scan; never die silently
+                self.failed_samples += 1
+                continue
             self.peak = max(self.peak, used)
             self.peak_tree = max(self.peak_tree, tree)
 

@@ -22,7 +22,6 @@ class Case:
     name: str  # "<topic>/<implementation>", e.g. "xgboost/shardtrain"
     fn: str  # "module:function" under bench
     workers: str = ""  # "", "cold" or "warm"
-    data: str = "train"  # "train" (rows x 32) or "small" (10k x 10)
     warmup: bool = False  # one untimed run first (implied by workers="warm")
 
     @property
@@ -116,12 +115,11 @@ def plan(quick: bool, rows: int | None = None, ray_train: bool | None = None) ->
             rows,
             True,
             [
-                Case("small job/shardtrain", "gbdt:small_job_shardtrain", "cold", "small"),
+                Case("small job/shardtrain", "gbdt:small_job_shardtrain", "cold"),
                 Case(
                     "small job/shardtrain (warm workers)",
                     "gbdt:small_job_shardtrain",
                     "warm",
-                    "small",
                 ),
             ],
         ),
@@ -138,7 +136,7 @@ def plan(quick: bool, rows: int | None = None, ray_train: bool | None = None) ->
                 "small-ray-train",
                 rows,
                 True,
-                [Case("small job/Ray Train", "gbdt:small_job_ray_train", data="small")],
+                [Case("small job/Ray Train", "gbdt:small_job_ray_train")],
             ),
         ]
     jobs.append(

@@ -110,7 +110,7 @@ def small_job_shardtrain(ctx) -> None:
 # -- Ray Train ----------------------------------------------------------------------------
 
 
-def _report_model(save) -> None:
+def report_model_once(save) -> None:
     """Rank 0 saves the model into a checkpoint reported once; the other ranks report none."""
     import ray.train
 
@@ -129,7 +129,7 @@ def _ray_train_xgboost_loop(config: dict) -> None:
     frame = ray.train.get_dataset_shard("train").materialize().to_pandas()
     dtrain = xgboost.QuantileDMatrix(frame.drop(columns="y"), label=frame["y"], nthread=1)
     booster = xgboost.train({**XGB_PARAMS, "nthread": 1}, dtrain, config["rounds"])
-    _report_model(lambda folder: booster.save_model(os.path.join(folder, "model.ubj")))
+    report_model_once(lambda folder: booster.save_model(os.path.join(folder, "model.ubj")))
 
 
 def _ray_train_lightgbm_loop(config: dict) -> None:
@@ -148,7 +148,7 @@ def _ray_train_lightgbm_loop(config: dict) -> None:
     }
     dataset = lightgbm.Dataset(frame.drop(columns="y"), label=frame["y"])
     booster = lightgbm.train(params, dataset, config["rounds"])
-    _report_model(lambda folder: booster.save_model(os.path.join(folder, "model.txt")))
+    report_model_once(lambda folder: booster.save_model(os.path.join(folder, "model.txt")))
 
 
 def _ray_train_fit(framework: str, path: Path, storage: Path, rounds: int) -> Path:

@@ -53,7 +53,6 @@ class PeakMemory:
         self.idle = 0
         self._driver = psutil.Process()
         self._daemons: dict[int, bool] = {}
-        self._titles: dict[int, str] = {}
         #: Peak RSS of each process seen, by a readable title ("driver", "ray::IDLE 1234").
         self.by_process: dict[str, int] = {}
         self._stop = threading.Event()

@@ -27,10 +27,10 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from bench.data import COLUMNS, feature_names, rmse
+from bench.gbdt import RAY_TRAIN_CPU_PER_WORKER, report_model_once
 
 EPOCHS = 2
 BATCH = 1024
-RAY_TRAIN_CPU_PER_WORKER = 0.5
 
 
 def _model():
@@ -172,12 +172,9 @@ def _ray_train_loop(config: dict) -> None:
             yield torch.stack([batch[c] for c in columns], dim=1), batch["y"]
 
     _train(model, batches)
-    with tempfile.TemporaryDirectory() as folder:
-        checkpoint = None
-        if ray.train.get_context().get_world_rank() == 0:
-            torch.save(model.module.state_dict(), os.path.join(folder, "model.pt"))
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report({}, checkpoint=checkpoint)
+    report_model_once(
+        lambda folder: torch.save(model.module.state_dict(), os.path.join(folder, "model.pt"))
+    )
 
 
 def torch_ray_train(ctx):

@@ -58,16 +58,15 @@ def run_job(job: dict, data: Path, work: Path, repeats: int) -> list[dict]:
             importlib.import_module(module)
     if job["ray"]:
         _start_ray()
+    ctx = CaseContext(
+        train=data / f"train-{job['rows']}.parquet",
+        small=data / "small.parquet",
+        holdout_path=data / "holdout.parquet",
+        work=work,
+    )
     results = []
     for case in job["cases"]:
         fn = _resolve(case["fn"])
-        ctx = CaseContext(
-            train=data
-            / (f"train-{job['rows']}.parquet" if case["data"] == "train" else "small.parquet"),
-            small=data / "small.parquet",
-            holdout_path=data / "holdout.parquet",
-            work=work,
-        )
         if case["workers"] == "warm" or case.get("warmup"):
             fn(ctx)
         runs = []

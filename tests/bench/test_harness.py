@@ -146,7 +146,6 @@ def test_a_job_runs_its_case_through_the_real_path(tmp_path):
                 "name": "xgboost/plain",
                 "fn": "gbdt:xgboost_plain",
                 "workers": "",
-                "data": "train",
                 "preload": ["xgboost"],
             },
         ],

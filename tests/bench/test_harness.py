@@ -35,13 +35,17 @@ def test_every_training_job_holds_one_implementation_and_quick_skips_ray_train_a
 
 
 def test_peak_memory_counts_a_child_process_and_its_allocation():
+    """Asserted on the child's own peak: in the full suite other tests' Ray workers exit while
+    this runs, so the tree's sum can fall by more than the child adds."""
     grow = (
         "import time; b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(2)"
     )
     with PeakMemory(interval_s=0.02) as memory:
-        subprocess.run([sys.executable, "-c", grow], check=True)
+        child = subprocess.Popen([sys.executable, "-c", grow])
+        assert child.wait() == 0
         time.sleep(0.05)
-    assert memory.peak - memory.idle > 250 * 2**20, (memory.failed_samples, memory.by_process)
+    (peak,) = [rss for title, rss in memory.by_process.items() if title.endswith(f" {child.pid}")]
+    assert peak > 250 * 2**20, (memory.failed_samples, memory.by_process)
     assert memory.peak_tree >= memory.peak
 
 

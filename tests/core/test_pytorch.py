@@ -200,6 +200,12 @@ def resumable_train():
     for epoch in range(start, 6):
         total += epoch
         if context.get_rank() == 1 and epoch == 3 and not os.path.exists(params["marker"]):
+            # Ranks run independently here: die only after rank 0 has checkpointed twice, so
+            # a slow start of rank 0 on a loaded machine cannot leave no checkpoint to resume.
+            deadline = time.monotonic() + 60
+            while not os.path.exists(params["progress"]) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)  # the driver polls rank 0 every 50 ms
             open(params["marker"], "w").close()
             os.kill(os.getpid(), signal.SIGKILL)
         ckpt = os.path.join(context.get_model_dir(), "ckpt")
@@ -211,6 +217,8 @@ def resumable_train():
             {"epoch": epoch, "total": total, "started_at": start}
         )
         time.sleep(0.2)  # let the driver pick the checkpoint up before the next epoch
+        if context.get_rank() == 0 and epoch == 1:
+            open(params["progress"], "w").close()
     if context.get_rank() == 0:
         with open(os.path.join(context.get_model_dir(), "done.txt"), "w") as handle:
             handle.write(str(total))
@@ -218,7 +226,7 @@ def resumable_train():
 
 def test_killed_worker_restarts_group_from_checkpoint(tmp_path):
     result = PyTorchDistributor(resumable_train, failure_config=FailureConfig(max_failures=1)).run(
-        hyper_params={"marker": str(tmp_path / "killed")},
+        hyper_params={"marker": str(tmp_path / "killed"), "progress": str(tmp_path / "rank0")},
         artifact_stage_location=str(tmp_path / "stage"),
     )
     assert (tmp_path / "killed").exists()

@@ -199,6 +199,12 @@ def resumable_train():
         start, total = state["epoch"] + 1, state["total"]
     for epoch in range(start, 6):
         total += epoch
+        if context.get_rank() == 0 and epoch == 4:
+            # Nor may rank 0 finish the first attempt before rank 1 dies: its last metrics
+            # would then come from that attempt, not the resumed one.
+            deadline = time.monotonic() + 60
+            while not os.path.exists(params["marker"]) and time.monotonic() < deadline:
+                time.sleep(0.05)
         if context.get_rank() == 1 and epoch == 3 and not os.path.exists(params["marker"]):
             # Ranks run independently here: die only after rank 0 has checkpointed twice, so
             # a slow start of rank 0 on a loaded machine cannot leave no checkpoint to resume.

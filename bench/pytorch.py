@@ -144,7 +144,7 @@ def torch_shardtrain(ctx):
     )
 
     def evaluate() -> float:
-        from shardtrain.stage.publish import fetch_model
+        from shardtrain.model.load import fetch_model
 
         with tempfile.TemporaryDirectory() as folder:
             fetch_model(result.get_model_dir(), folder)

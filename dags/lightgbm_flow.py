@@ -1,7 +1,5 @@
 """LightGBM flow: train on Ray -> evaluate -> register (``python dags/lightgbm_flow.py``)."""
 
-from __future__ import annotations
-
 from example_data import FEATURES, LABEL, holdout, prepare, rmse
 from prefect import flow, task
 

@@ -1,8 +1,6 @@
 """PyTorch DDP flow: train on Ray (2 ranks) -> evaluate -> register
 (``python dags/pytorch_flow.py``)."""
 
-from __future__ import annotations
-
 import os
 
 from example_data import FEATURES, LABEL, holdout, prepare, rmse

@@ -5,8 +5,6 @@ with ``xgboost_training.serve(name="nightly", cron="0 2 * * *")`` (or ``.deploy(
 work pool), as any Prefect flow.
 """
 
-from __future__ import annotations
-
 from example_data import FEATURES, LABEL, holdout, prepare, rmse
 from prefect import flow, task
 

@@ -11,6 +11,8 @@ import pytest
 
 from shardtrain import ModelArtifact, load_model
 
+pytestmark = pytest.mark.slow  # real Airflow (dag.test in a subprocess) and real Ray
+
 
 @pytest.mark.parametrize(
     "name,framework", [("xgboost", "xgboost"), ("lightgbm", "lightgbm"), ("pytorch", "pytorch")]

@@ -231,6 +231,26 @@ def test_distributed_predict_keeps_row_order(estimator, tmp_path):
     assert out == str(tmp_path / "preds")
 
 
+def test_fit_honours_equal_shards(tmp_path):
+    """fit() on a ShardedDataConnector(equal=True) trains every rank on the same number of
+    rows: with an odd row count on two workers the last row is dropped, so the model equals
+    one trained on the rows before it (same shards), and differs from one that saw it."""
+    frame = TRAIN.iloc[:10_001].copy()
+    frame.loc[frame.index[-1], "Y"] = 1000.0  # a row no model can learn without moving
+
+    def fit(data):
+        est = XGBEstimator(
+            n_estimators=5, params={"max_depth": 3}, scaling_config=XGBScalingConfig(**TWO)
+        )
+        return est.fit(data, FEATURES, "Y", artifact_stage_location=str(tmp_path)).predict(
+            xgb.DMatrix(HOLDOUT[FEATURES])
+        )
+
+    equal = fit(ShardedDataConnector.from_pandas(frame, equal=True))
+    np.testing.assert_array_equal(equal, fit(DataConnector.from_pandas(frame.iloc[:10_000])))
+    assert not np.array_equal(equal, fit(ShardedDataConnector.from_pandas(frame)))
+
+
 def test_warm_workers_are_reused_and_fast(tmp_path):
     small = TRAIN.iloc[:10_000][FEATURES[:8] + ["Y"]]
     est = XGBEstimator(n_estimators=10, scaling_config=XGBScalingConfig(**TWO))

@@ -16,10 +16,11 @@ import pytest
 import torch
 import xgboost as xgb
 
-from shardtrain.artifact import ModelArtifact, load_model, new_request_id
 from shardtrain.errors import ConfigError, ModelIntegrityError
+from shardtrain.model.artifact import ModelArtifact, new_request_id
+from shardtrain.model.load import fetch_model, load_model, read_manifest
+from shardtrain.model.publish import MANIFEST, publish_model
 from shardtrain.stage import open_stage
-from shardtrain.stage.publish import MANIFEST, fetch_model, publish_model, read_manifest
 
 X = np.random.default_rng(0).random((200, 4))
 Y = X @ np.array([1.0, -2.0, 0.5, 3.0])
@@ -183,7 +184,7 @@ def test_publisher_killed_before_manifest(tmp_path):
     stage_dir = tmp_path / "stage"
     script = textwrap.dedent(f"""
         import os, signal
-        import shardtrain.stage.publish as publish
+        import shardtrain.model.publish as publish
         def die(*args, **kwargs):
             os.kill(os.getpid(), signal.SIGKILL)
         publish._write_manifest = die

@@ -397,3 +397,29 @@ def test_master_port_is_released_after_a_run(tmp_path):
     with socket.socket() as sock:  # the process group's store was torn down with it
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("", port))
+
+
+def record_shard_ids():
+    """Records which rows of the 'train' dataset each rank was given."""
+    context = get_context()
+    shard = context.get_dataset_map()["train"].get_shard()
+    ids = [i for b in shard.iter_batches(columns=["ID"]) for i in b.column("ID").to_pylist()]
+    record_rank(context.get_hyper_params()["out"], {"rank": context.get_rank(), "ids": ids})
+
+
+def test_run_honours_equal_shards(tmp_path):
+    """A ShardedDataConnector(equal=True) gives every rank the same number of rows in run()
+    (the odd last row is dropped); a plain one covers every row."""
+    for equal in (True, False):
+        out = tmp_path / f"out-{equal}"
+        out.mkdir()
+        PyTorchDistributor(record_shard_ids).run(
+            dataset_map={"train": ShardedDataConnector.from_pandas(frame(101), equal=equal)},
+            hyper_params={"out": str(out)},
+            artifact_stage_location=str(tmp_path / "stage"),
+        )
+        ids = [r["ids"] for r in read_ranks(out)]
+        if equal:
+            assert ids == [list(range(50)), list(range(50, 100))]
+        else:
+            assert ids == [list(range(50)), list(range(50, 101))]

@@ -15,9 +15,10 @@ import torch
 import xgboost as xgb
 
 from shardtrain.errors import ConfigError, ModelIntegrityError
-from shardtrain.registry import RegisteredModel, register_model
+from shardtrain.model.load import load_model, read_manifest
+from shardtrain.model.publish import publish_model
+from shardtrain.model.registry import RegisteredModel, register_model
 from shardtrain.stage import open_stage
-from shardtrain.stage.publish import load_model, publish_model, read_manifest
 
 COLS = ["a", "b", "c", "d"]
 X = np.random.default_rng(0).random((300, 4)).astype(np.float32)

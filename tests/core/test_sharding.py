@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from shardtrain import ConfigError, EmptyDataError, ShardedDataConnector
 from shardtrain.data.sharded_data_connector import plan_shards
+from shardtrain.data.sharding import shard
 from shardtrain.data.sources import ArrowTableSource, ConcatSource
 from shardtrain.runtime.worker_context import WorkerInfo, bind_worker
 
@@ -134,3 +135,18 @@ def test_get_shard_inside_ray_workers(ray_cluster, tmp_path):
     results = ray.get([w.read.remote(connector, r, 3) for r, w in enumerate(workers)])
     assert [len(r) for r in results] == [333, 333, 334]
     assert sorted(i for r in results for i in r) == list(range(1000))
+
+
+def test_run_shards_honour_the_connectors_equal_flag():
+    """The shards a fit or run hands its ranks follow ShardedDataConnector(equal=...);
+    prediction asks for every row whatever the flag."""
+    table = pa.table({"ID": np.arange(103)})
+    equal = shard(ShardedDataConnector.from_arrow(table, equal=True), 4, "training")
+    assert [s.num_rows for s in equal] == [25] * 4
+    assert [ids_of(s) for s in equal] == [list(range(i * 25, (i + 1) * 25)) for i in range(4)]
+    plain = shard(ShardedDataConnector.from_arrow(table), 4, "training")
+    assert sorted(i for s in plain for i in ids_of(s)) == list(range(103))
+    every = shard(ShardedDataConnector.from_arrow(table, equal=True), 4, "prediction", equal=False)
+    assert sum(s.num_rows for s in every) == 103
+    with pytest.raises(EmptyDataError, match="fewer than the 4 workers"):
+        shard(ShardedDataConnector.from_arrow(pa.table({"ID": [1, 2, 3]}), equal=True), 4, "x")

@@ -9,8 +9,8 @@ import pytest
 import xgboost as xgb
 
 from shardtrain import DataConnector
-from shardtrain.modeling.distributors import _gbdt
-from shardtrain.modeling.distributors.xgboost import _ArrowIter
+from shardtrain.data import numeric
+from shardtrain.modeling.distributors.xgboost_worker import ArrowIter as _ArrowIter
 
 COLUMNS = [f"f{i}" for i in range(4)]
 
@@ -25,13 +25,13 @@ def connector():
 @pytest.fixture
 def source_reads(monkeypatch):
     reads = []
-    original = _gbdt.matrix_batches
+    original = numeric.matrix_batches
 
     def counting(*args, **kwargs):
         reads.append(1)
         yield from original(*args, batch_rows=1024)  # several batches per pass
 
-    monkeypatch.setattr(_gbdt, "matrix_batches", counting)
+    monkeypatch.setattr(numeric, "matrix_batches", counting)
     return reads
 
 

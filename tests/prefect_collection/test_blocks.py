@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from prefect.blocks.core import Block
 from prefect.plugins import load_prefect_collections
 from prefect.utilities.dispatch import lookup_type
@@ -15,6 +16,7 @@ def test_collection_entry_point_registers_the_blocks():
     assert lookup_type(Block, "shardtrain-model-stage") is ModelStage
 
 
+@pytest.mark.slow  # the Prefect harness
 def test_blocks_round_trip_through_the_api_with_secrets_kept_secret(prefect_harness):
     RayCluster(address="ray://head:10001", namespace="training").save("test-ray", overwrite=True)
     ModelStage(uri="s3://bucket/models", storage_options={"secret": "s3-value-1234"}).save(

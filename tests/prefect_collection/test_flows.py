@@ -13,6 +13,8 @@ from prefect_shardtrain import ModelStage, train_xgboost
 from shardtrain import ModelArtifact, load_model
 from shardtrain.runtime import worker_group
 
+pytestmark = pytest.mark.slow  # the Prefect harness and a real local Ray
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _ray(ray_cluster):
@@ -137,3 +139,38 @@ def test_block_secrets_never_reach_results_or_logs(api, tmp_path):
     )
     assert password not in text and s3_secret not in text
     assert password not in repr(stage) and s3_secret not in repr(stage)
+
+
+def test_tasks_close_the_sessions_they_open(api, tmp_path):
+    """The training task's stage session and register_model's session are closed when the
+    tasks end (before, every task run left its Snowpark session open). Sessions run on
+    Snowpark's local emulation: no live account is reachable here."""
+    from example_data import FEATURES, LABEL, prepare
+
+    from prefect_shardtrain import register_model
+    from tests.helpers import open_sessions
+
+    data = prepare(5000)
+    to_snowflake = ModelStage(uri="@ML.PUBLIC.MODELS", local_testing=True)
+    local = ModelStage(uri=str(tmp_path / "stage"), local_testing=True)
+    registry = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    @flow
+    def train_and_register():
+        scaling = {"num_workers": 2, "num_cpu_per_worker": 1}
+        on_snowflake = train_xgboost(
+            data["train"], FEATURES[:3], LABEL, n_estimators=2, stage=to_snowflake,
+            scaling_config=scaling,
+        )  # fmt: skip
+        artifact = train_xgboost(
+            data["train"], FEATURES[:3], LABEL, n_estimators=2, stage=local,
+            scaling_config=scaling,
+        )  # fmt: skip
+        registered = register_model(artifact, name="closing_check", registry=registry, stage=local)
+        return on_snowflake, registered
+
+    before = open_sessions()
+    on_snowflake, registered = train_and_register()
+    assert on_snowflake.uri.startswith("@ML.PUBLIC.MODELS/model/prefect-")
+    assert registered.model_uri.startswith("models:/closing_check/")
+    assert open_sessions() == before

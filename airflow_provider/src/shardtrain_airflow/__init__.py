@@ -25,14 +25,45 @@ def get_provider_info() -> dict:
         "operators": [
             {
                 "integration-name": "shardtrain",
-                "python-modules": ["shardtrain_airflow.operators.train"],
+                "python-modules": [
+                    "shardtrain_airflow.operators.train",
+                    "shardtrain_airflow.operators.registry",
+                ],
             },
         ],
         "hooks": [
-            {"integration-name": "shardtrain", "python-modules": ["shardtrain_airflow.hooks.ray"]},
+            {
+                "integration-name": "shardtrain",
+                "python-modules": [
+                    "shardtrain_airflow.hooks.ray",
+                    "shardtrain_airflow.hooks.snowpark",
+                ],
+            },
         ],
+        # The connection form, declared (Airflow 3.2+ reads it without importing the hook).
         "connection-types": [
-            {"hook-class-name": "shardtrain_airflow.hooks.ray.RayHook", "connection-type": "ray"},
+            {
+                "hook-class-name": "shardtrain_airflow.hooks.ray.RayHook",
+                "hook-name": "Ray",
+                "connection-type": "ray",
+                "conn-fields": {
+                    "namespace": {
+                        "label": "Namespace",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "Ray namespace for the training actors.",
+                    },
+                    "runtime_env": {
+                        "label": "Runtime environment (JSON)",
+                        "schema": {"type": ["string", "null"]},
+                        "description": 'Ray runtime_env as JSON, e.g. {"pip": ["xgboost"]}.',
+                    },
+                },
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "login", "password"],
+                    "relabeling": {"host": "Address (ray://host:10001, host:6379 or auto)"},
+                    "placeholders": {"host": "ray://ray-head:10001", "port": "10001"},
+                },
+            },
         ],
-        "extra-links": ["shardtrain_airflow.operators.train.ModelLocationLink"],
+        "extra-links": ["shardtrain_airflow.links.ModelLocationLink"],
     }

@@ -4,59 +4,81 @@ The public API follows the names of Snowflake ML's distributed trainers, so code
 them runs after replacing the import prefix ``snowflake.ml`` with ``shardtrain``.
 """
 
-from shardtrain.artifact import ModelArtifact, load_model
-from shardtrain.config import FailureConfig
+from shardtrain.config import (
+    FailureConfig,
+    LightGBMScalingConfig,
+    PyTorchScalingConfig,
+    WorkerResourceConfig,
+    XGBScalingConfig,
+)
 from shardtrain.data import DataConnector, ShardedDataConnector
 from shardtrain.errors import (
     ClusterError,
     ConfigError,
     DataSourceError,
     EmptyDataError,
+    JobError,
+    JobFailedError,
+    JobServerError,
+    JobStoppedError,
     ModelIntegrityError,
+    NotFittedError,
+    OutsideWorkerError,
+    ScalingConfigError,
     SchemaError,
     ShardtrainError,
     StageError,
+    WorkerDiedError,
+    WorkerError,
 )
-from shardtrain.modeling.distributors.lightgbm import LightGBMEstimator, LightGBMScalingConfig
+from shardtrain.model.artifact import ModelArtifact
+from shardtrain.model.load import fetch_model, load_model
+from shardtrain.model.publish import publish_model
+from shardtrain.modeling.distributors.lightgbm import LightGBMEstimator
 from shardtrain.modeling.distributors.pytorch import (
     Context,
     PyTorchDistributor,
     PyTorchDistributorResult,
-    PyTorchScalingConfig,
-    WorkerResourceConfig,
     get_context,
 )
-from shardtrain.modeling.distributors.xgboost import XGBEstimator, XGBScalingConfig
+from shardtrain.modeling.distributors.xgboost import XGBEstimator
 from shardtrain.stage import open_stage
-from shardtrain.stage.publish import fetch_model, publish_model
-
-__version__ = "0.1.0"
+from shardtrain.version import __version__
 
 __all__ = [
     "ClusterError",
-    "Context",
-    "FailureConfig",
-    "LightGBMEstimator",
-    "LightGBMScalingConfig",
-    "PyTorchDistributor",
-    "PyTorchDistributorResult",
-    "PyTorchScalingConfig",
-    "WorkerResourceConfig",
-    "XGBEstimator",
-    "XGBScalingConfig",
-    "get_context",
     "ConfigError",
+    "Context",
     "DataConnector",
     "DataSourceError",
     "EmptyDataError",
+    "FailureConfig",
+    "JobError",
+    "JobFailedError",
+    "JobServerError",
+    "JobStoppedError",
+    "LightGBMEstimator",
+    "LightGBMScalingConfig",
     "ModelArtifact",
     "ModelIntegrityError",
+    "NotFittedError",
+    "OutsideWorkerError",
+    "PyTorchDistributor",
+    "PyTorchDistributorResult",
+    "PyTorchScalingConfig",
+    "ScalingConfigError",
     "SchemaError",
     "ShardedDataConnector",
     "ShardtrainError",
     "StageError",
+    "WorkerDiedError",
+    "WorkerError",
+    "WorkerResourceConfig",
+    "XGBEstimator",
+    "XGBScalingConfig",
     "__version__",
     "fetch_model",
+    "get_context",
     "load_model",
     "open_stage",
     "publish_model",

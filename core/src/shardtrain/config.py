@@ -1,10 +1,51 @@
-"""Configs shared by the distributors. Frozen dataclasses, validated on construction."""
+"""Every configuration a fit takes: frozen dataclasses, validated once, on construction.
+
+``check_int`` is the one "an integer (not a bool) >= n" check, shared by the configs here
+and by the arguments checked elsewhere (world sizes, batch sizes, rounds). Nothing
+downstream validates a config again.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shardtrain.errors import ConfigError
+from shardtrain.errors import ConfigError, ScalingConfigError
+
+
+def check_int(
+    value: object,
+    name: str,
+    *,
+    minimum: int = 1,
+    auto: bool = False,
+    also: str | None = None,
+    error: type[ConfigError] = ConfigError,
+    **details: object,
+) -> int:
+    """``value`` if it is an int (not a bool) >= ``minimum`` (or -1 when ``auto``), else
+    ``error`` saying so (``also`` names a further accepted value the caller handles);
+    ``details`` become the error's attributes."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or (value < minimum and not (auto and value == -1))
+    ):
+        what = {0: "an integer >= 0", 1: "a positive integer"}.get(
+            minimum, f"an integer >= {minimum}"
+        )
+        if auto:
+            what += " or -1 (automatic)"
+        if also:
+            what += f" or {also}"
+        raise error(f"{name} must be {what}, got {value!r}.", **details)
+    return value
+
+
+def check_number(value: object, name: str, *, error: type[ConfigError] = ConfigError) -> float:
+    """``value`` if it is an int or float (not a bool) >= 0, else ``error``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise error(f"{name} must be a number >= 0, got {value!r}.", field=name)
+    return value
 
 
 @dataclass(frozen=True)
@@ -26,6 +67,79 @@ class FailureConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_failures", "checkpoint_frequency"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"FailureConfig.{name} must be an integer >= 0, got {value!r}.")
+            check_int(getattr(self, name), f"FailureConfig.{name}", minimum=0)
+
+
+@dataclass(frozen=True)
+class GBDTScalingConfig:
+    """Workers, CPUs per worker and GPUs: -1 is automatic, ``use_gpu=None`` detects."""
+
+    num_workers: int = -1
+    num_cpu_per_worker: int = -1
+    use_gpu: bool | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("num_workers", "num_cpu_per_worker"):
+            check_int(getattr(self, name), name, auto=True, error=ScalingConfigError, field=name)
+        if self.use_gpu not in (None, True, False):
+            raise ScalingConfigError(
+                f"use_gpu must be True, False or None, got {self.use_gpu!r}.", field="use_gpu"
+            )
+
+
+@dataclass(frozen=True)
+class XGBScalingConfig(GBDTScalingConfig):
+    """How many workers, CPUs and GPUs a fit uses; -1 is automatic, ``use_gpu=None`` detects.
+
+    By default one worker per node with all of its CPUs (or one per GPU), as the vendor does.
+
+    Example:
+        >>> XGBScalingConfig(num_workers=2, num_cpu_per_worker=1)
+        XGBScalingConfig(num_workers=2, num_cpu_per_worker=1, use_gpu=None)
+    """
+
+
+@dataclass(frozen=True)
+class LightGBMScalingConfig(GBDTScalingConfig):
+    """The same fields as ``XGBScalingConfig``: -1 automatic, ``use_gpu=None`` detects."""
+
+
+@dataclass(frozen=True)
+class WorkerResourceConfig:
+    """Resources of one worker. Example: ``WorkerResourceConfig(num_cpus=0, num_gpus=4)``."""
+
+    num_cpus: float = 1
+    num_gpus: float = 0
+
+    def __post_init__(self) -> None:
+        for name in ("num_cpus", "num_gpus"):
+            check_number(getattr(self, name), name, error=ScalingConfigError)
+        if self.num_cpus == 0 and self.num_gpus == 0:
+            raise ScalingConfigError(
+                "each worker needs some CPU or GPU: got num_cpus=0, num_gpus=0.",
+                field="resource_requirements_per_worker",
+            )
+
+
+@dataclass(frozen=True)
+class PyTorchScalingConfig:
+    """Nodes, workers per node (-1: as many as fit) and resources per worker.
+
+    Example:
+        >>> PyTorchScalingConfig(num_nodes=1, num_workers_per_node=2)
+        PyTorchScalingConfig(num_nodes=1, num_workers_per_node=2, resource_requirements_per_worker=None)
+    """
+
+    num_nodes: int = 1
+    num_workers_per_node: int = -1
+    resource_requirements_per_worker: WorkerResourceConfig | None = None
+
+    def __post_init__(self) -> None:
+        check_int(self.num_nodes, "num_nodes", error=ScalingConfigError, field="num_nodes")
+        check_int(
+            self.num_workers_per_node,
+            "num_workers_per_node",
+            auto=True,
+            error=ScalingConfigError,
+            field="num_workers_per_node",
+        )

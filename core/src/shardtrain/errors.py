@@ -59,6 +59,10 @@ class ClusterError(ShardtrainError, ConnectionError):
     """Ray cannot be reached or started at the given address."""
 
 
+class JobServerError(ClusterError):
+    """No Ray job server answers at the address, or it refused a request."""
+
+
 class StageError(ShardtrainError, ValueError):
     """A stage location is malformed, unknown, unreachable, or a path on it is unsafe."""
 
@@ -73,6 +77,31 @@ class ScalingConfigError(ConfigError):
 
 class WorkerError(ShardtrainError, RuntimeError):
     """A worker failed. Attributes: ``rank`` and ``worker_traceback`` (the original one)."""
+
+
+class WorkerDiedError(WorkerError):
+    """A worker process died (killed, out of memory, node lost): the group may be rebuilt."""
+
+
+class NotFittedError(ShardtrainError, RuntimeError):
+    """A result was asked for (booster, artifact) before ``fit`` produced it."""
+
+
+class OutsideWorkerError(ShardtrainError, RuntimeError):
+    """A worker-only call (``get_context()``, ``get_shard()``) was made outside a worker."""
+
+
+class JobError(ShardtrainError, RuntimeError):
+    """A training job did not succeed. Attributes: ``submission_id``, ``status``,
+    ``log_tail`` (its last log lines)."""
+
+
+class JobFailedError(JobError):
+    """The job ran and failed; the message carries the last lines of its log."""
+
+
+class JobStoppedError(JobError):
+    """The job was stopped before it finished (cancelled, or stopped from outside)."""
 
 
 def missing_columns_error(missing: list[str], available: list[str]) -> SchemaError:

@@ -1,7 +1,14 @@
-"""Blocks: which Ray cluster to train on, and which stage models go to."""
+"""Blocks: which Ray cluster to train on, and which stage models go to.
 
-from __future__ import annotations
+Field layout: a ``ModelStage`` says where models are published and what it takes to reach
+that place (Snowflake credentials for a ``@DB.SCHEMA.STAGE``, fsspec options for a URL).
+Reading Snowflake *data* is the tasks' ``snowflake=`` block (a prefect-snowflake
+``SnowflakeConnector`` or ``SnowflakeCredentials``); only when a task is given none does it
+read tables and queries through the stage's credentials, as earlier versions always did.
+"""
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from prefect.blocks.core import Block
@@ -9,60 +16,112 @@ from prefect.types import SecretDict
 from prefect_snowflake import SnowflakeCredentials
 from pydantic import Field
 
+from prefect_shardtrain.snowflake import snowpark_configs
+from shardtrain.integrations import (
+    closing_session,
+    connect_ray,
+    is_snowflake_stage,
+    session_from_configs,
+)
+
+DOCS = "https://pypi.org/project/prefect-shardtrain/"  # the README, as the long description
+
 
 class RayCluster(Block):
-    """A Ray cluster (none configured: the embedded local Ray, or ``RAY_ADDRESS``)."""
+    """A Ray cluster (none configured: the embedded local Ray, or ``RAY_ADDRESS``).
+
+    Example:
+        ```python
+        from prefect_shardtrain import RayCluster
+
+        ray_cluster = RayCluster.load("BLOCK_NAME")
+        ```
+    """
 
     _block_type_name = "Shardtrain Ray Cluster"
     _description = "The Ray cluster shardtrain trains on."
+    _documentation_url = DOCS
 
-    address: str | None = Field(default=None, description="ray://head:10001, head:6379 or auto")
-    namespace: str | None = None
-    runtime_env: dict[str, Any] | None = None
+    address: str | None = Field(
+        default=None,
+        description="Ray address: ray://head:10001, head:6379 or auto (none: a local Ray).",
+    )
+    namespace: str | None = Field(default=None, description="Ray namespace for the actors.")
+    runtime_env: dict[str, Any] | None = Field(
+        default=None, description="Ray runtime environment (pip packages, env vars)."
+    )
 
     def connect(self) -> None:
-        from shardtrain.runtime.cluster import connect
-
-        connect(self.address, namespace=self.namespace, runtime_env=self.runtime_env)
+        """Connect this process to the cluster (no-op when already connected)."""
+        connect_ray(self.address, namespace=self.namespace, runtime_env=self.runtime_env)
 
 
 class ModelStage(Block):
     """Where trained models are published: a stage URI, with what it takes to reach it.
 
-    ``snowflake_credentials`` (prefect-snowflake's block) open a Snowpark session for
-    ``@DB.SCHEMA.STAGE`` locations and Snowflake tables; ``local_testing`` uses Snowpark's
-    local emulation instead (for flow development). ``storage_options`` are fsspec options
-    for s3:// and other URLs; they are secrets and never reach a result or a log.
+    ``snowflake_credentials`` (prefect-snowflake's block, any of its auth methods: password,
+    key pair, OAuth token, Okta, ...) open the Snowpark session for a ``@DB.SCHEMA.STAGE``
+    location; ``local_testing`` runs that session on Snowpark's local emulation instead (for
+    flow development). ``storage_options`` are fsspec options for s3:// and other URLs; they
+    are secrets and never reach a result or a log.
+
+    Example:
+        ```python
+        from prefect_shardtrain import ModelStage
+
+        stage = ModelStage.load("BLOCK_NAME")
+        ```
     """
 
     _block_type_name = "Shardtrain Model Stage"
     _description = "Where shardtrain publishes trained models."
+    _documentation_url = DOCS
 
-    uri: str | None = Field(default=None, description="None: $SHARDTRAIN_HOME/stage")
-    snowflake_credentials: SnowflakeCredentials | None = None
-    local_testing: bool = False
-    storage_options: SecretDict | None = None
+    uri: str | None = Field(
+        default=None,
+        description="Stage location: @DB.SCHEMA.STAGE, s3://..., a path (none: "
+        "$SHARDTRAIN_HOME/stage).",
+    )
+    snowflake_credentials: SnowflakeCredentials | None = Field(
+        default=None, description="Snowflake credentials for a Snowflake stage."
+    )
+    local_testing: bool = Field(
+        default=False, description="Use Snowpark's local emulation instead of an account."
+    )
+    storage_options: SecretDict | None = Field(
+        default=None, description="fsspec options (endpoint, credentials) for stage URLs."
+    )
+
+    @property
+    def has_snowflake(self) -> bool:
+        """True when this block can open a Snowpark session."""
+        return self.local_testing or self.snowflake_credentials is not None
+
+    def snowpark_configs(self) -> dict[str, Any] | None:
+        """What ``Session.builder.configs`` receives (None: no Snowflake configured)."""
+        if not self.has_snowflake:
+            return None
+        configs = snowpark_configs(self.snowflake_credentials) if self.snowflake_credentials else {}
+        if self.local_testing:
+            configs["local_testing"] = True
+        return configs
 
     def session(self) -> Any:
-        """A Snowpark session, or None when no Snowflake is configured."""
-        from snowflake.snowpark import Session
+        """A new Snowpark session, or None when no Snowflake is configured; the caller closes
+        it (``open_session()`` does)."""
+        configs = self.snowpark_configs()
+        return None if configs is None else session_from_configs(configs)
 
-        if self.local_testing:
-            return Session.builder.config("local_testing", True).create()
-        creds = self.snowflake_credentials
-        if creds is None:
-            return None
-        config = {
-            "account": creds.account,
-            "user": creds.user,
-            "role": creds.role,
-            "authenticator": creds.authenticator,
-        }
-        if creds.password is not None:
-            config["password"] = creds.password.get_secret_value()
-        if creds.token is not None:
-            config["token"] = creds.token.get_secret_value()
-        return Session.builder.configs({k: v for k, v in config.items() if v}).create()
+    @contextlib.contextmanager
+    def open_session(self) -> Iterator[Any]:
+        """``session()`` for a ``with`` block, closed when it ends (also on failure)."""
+        with closing_session(self.session()) as session:
+            yield session
+
+    @property
+    def needs_session(self) -> bool:
+        """True when the stage is a Snowflake stage."""
+        return is_snowflake_stage(self.uri)
 
     def options(self) -> dict[str, Any] | None:
         return self.storage_options.get_secret_value() if self.storage_options else None

@@ -1,23 +1,37 @@
-"""Prefect tasks: train on Ray and return the model's ``ModelArtifact``; register it."""
+"""Prefect tasks: train on Ray and return the model's ``ModelArtifact``; register it.
 
-from __future__ import annotations
+Each training task turns its arguments into a ``TrainingSpec`` and runs it with
+``shardtrain.integrations.run_training``; what stays here is Prefect's own: blocks, request
+ids from the flow and task run, logging to the run's log, and Prefect artifacts.
+"""
 
 import contextlib
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect_snowflake import SnowflakeConnector, SnowflakeCredentials
 
 from prefect_shardtrain.blocks import ModelStage, RayCluster
-from shardtrain.artifact import ModelArtifact, request_id_from
-from shardtrain.data.data_connector import DataConnector
-from shardtrain.data.spec import connector_from_spec
-from shardtrain.registry import RegisteredModel
+from prefect_shardtrain.snowflake import open_snowpark_session
+from shardtrain import DataConnector, ModelArtifact
+from shardtrain.errors import ConfigError
+from shardtrain.integrations import (
+    TrainingSpec,
+    closing_session,
+    request_id_from,
+    resolve_module,
+    run_training,
+)
+from shardtrain.model.registry import RegisteredModel
+from shardtrain.model.registry import register_model as register
 
-DataSpec = str | dict[str, str] | DataConnector
+#: Data as tasks take it: a Parquet path, {"table"|"query"|"path": ...}, or a DataConnector.
+TrainingData = str | dict[str, str] | DataConnector
+SnowflakeBlock = SnowflakeConnector | SnowflakeCredentials
 
 
 def request_id() -> str:
@@ -78,47 +92,107 @@ def publish_artifacts(artifact: ModelArtifact) -> None:
     )
 
 
-def _train_gbdt(
-    estimator_factory: Callable,
-    data: DataSpec,
+def _split(named: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, DataConnector]]:
+    """Data a spec can name (paths, tables, queries) apart from connectors held in process."""
+    specs = {k: v for k, v in named.items() if not isinstance(v, DataConnector)}
+    held = {k: v for k, v in named.items() if isinstance(v, DataConnector)}
+    return specs, held
+
+
+def _run(
+    spec: TrainingSpec,
+    *,
+    ray_cluster: RayCluster | None,
+    stage: ModelStage,
+    snowflake: SnowflakeBlock | None,
+    train_func: Callable | None = None,
+    held: Mapping[str, DataConnector] | None = None,
+) -> ModelArtifact | None:
+    """Open what the run needs (Ray, the stage's and the data's Snowpark sessions), run it,
+    close the sessions whatever happens, and report the model in the run's log and artifacts."""
+    reads_snowflake = any(d.needs_session for d in spec.data.values())
+    if stage.needs_session and not stage.has_snowflake:
+        raise ConfigError(
+            f"the stage {stage.uri!r} is a Snowflake stage: give the ModelStage "
+            "snowflake_credentials (or local_testing=True)."
+        )
+    if reads_snowflake and snowflake is None and not stage.has_snowflake:
+        raise ConfigError(
+            "the training data is a Snowflake table or query: pass snowflake= (a "
+            "prefect-snowflake SnowflakeConnector or SnowflakeCredentials block) to the task."
+        )
+    (ray_cluster or RayCluster()).connect()
+    with contextlib.ExitStack() as opened:
+        session = opened.enter_context(stage.open_session()) if stage.needs_session else None
+        data_session = None
+        if reads_snowflake:
+            if snowflake is not None:
+                data_session = opened.enter_context(
+                    closing_session(open_snowpark_session(snowflake))
+                )
+            else:  # no data block: the stage's credentials read the data, as they always did
+                data_session = session or opened.enter_context(stage.open_session())
+        with forwarded_logs():
+            artifact = run_training(
+                spec,
+                session=session,
+                data_session=data_session,
+                storage_options=stage.options(),
+                train_func=train_func,
+                data=held,
+            )
+    if artifact is not None:
+        get_run_logger().info("model published to %s", artifact.uri)
+        publish_artifacts(artifact)
+    return artifact
+
+
+def boosting_spec(
+    framework: str,
+    data: TrainingData,
     input_cols: list[str],
     label_col: str,
-    eval_data: DataSpec | None,
-    ray_cluster: RayCluster | None,
-    stage: ModelStage | None,
+    eval_data: TrainingData | None,
+    params: dict[str, Any] | None,
+    n_estimators: int,
+    objective: str,
+    scaling_config: dict[str, Any] | None,
+    failure_config: dict[str, Any] | None,
+    stage: ModelStage,
     verbose_eval: int | None,
-) -> ModelArtifact:
-    stage = stage or ModelStage()
-    (ray_cluster or RayCluster()).connect()
-    session = stage.session()
-    options = stage.options()
-    with forwarded_logs():
-        estimator = estimator_factory()
-        estimator.fit(
-            connector_from_spec(data, session=session, storage_options=options),
-            input_cols,
-            label_col,
-            eval_set=connector_from_spec(
-                eval_data, session=session, storage_options=options, name="eval"
-            ),
-            verbose_eval=verbose_eval,
-            artifact_stage_location=stage.uri,
-            request_id=request_id(),
-            session=session,
-            storage_options=options,
+    request_id: str,
+) -> tuple[TrainingSpec, dict[str, DataConnector]]:
+    """A boosting task's arguments as a TrainingSpec (and the connectors held in process)."""
+    specs, held = _split({"train": data, "eval": eval_data})
+    if specs.get("train") is None and "train" not in held:
+        raise ConfigError(
+            "no training data: give a Parquet path, {'table': ...}, {'query': ...} or a "
+            "DataConnector."
         )
-    artifact = estimator.get_artifact()
-    get_run_logger().info("model published to %s", artifact.uri)
-    publish_artifacts(artifact)
-    return artifact
+    spec = TrainingSpec(
+        framework=framework,
+        request_id=request_id,
+        artifact_stage_location=stage.uri,
+        train_data=specs.get("train"),
+        eval_data=specs.get("eval"),
+        input_cols=input_cols,
+        label_col=label_col,
+        n_estimators=n_estimators,
+        objective=objective,
+        params=params or {},
+        verbose_eval=verbose_eval,
+        scaling_config=scaling_config or {},
+        failure_config=failure_config or {},
+    )
+    return spec, held
 
 
 @task(name="train_xgboost", retries=0)
 def train_xgboost(
-    data: DataSpec,
+    data: TrainingData,
     input_cols: list[str],
     label_col: str,
-    eval_data: DataSpec | None = None,
+    eval_data: TrainingData | None = None,
     params: dict[str, Any] | None = None,
     n_estimators: int = 100,
     objective: str = "reg:squarederror",
@@ -127,35 +201,27 @@ def train_xgboost(
     ray_cluster: RayCluster | None = None,
     stage: ModelStage | None = None,
     verbose_eval: int | None = 10,
+    snowflake: SnowflakeBlock | None = None,
 ) -> ModelArtifact:
-    """Train XGBoost on Ray; returns the published model's ``ModelArtifact``."""
-    from shardtrain.config import FailureConfig
-    from shardtrain.modeling.distributors.xgboost import XGBEstimator, XGBScalingConfig
+    """Train XGBoost on Ray; returns the published model's ``ModelArtifact``.
 
-    return _train_gbdt(
-        lambda: XGBEstimator(
-            n_estimators=n_estimators,
-            objective=objective,
-            params=params,
-            scaling_config=XGBScalingConfig(**(scaling_config or {})),
-            failure_config=FailureConfig(**(failure_config or {})),
-        ),
-        data,
-        input_cols,
-        label_col,
-        eval_data,
-        ray_cluster,
-        stage,
-        verbose_eval,
-    )
+    ``snowflake`` (a prefect-snowflake block) reads table and query data; without it, the
+    stage's Snowflake credentials do.
+    """
+    stage = stage or ModelStage()
+    spec, held = boosting_spec(
+        "xgboost", data, input_cols, label_col, eval_data, params, n_estimators, objective,
+        scaling_config, failure_config, stage, verbose_eval, request_id(),
+    )  # fmt: skip
+    return _run(spec, ray_cluster=ray_cluster, stage=stage, snowflake=snowflake, held=held)
 
 
 @task(name="train_lightgbm", retries=0)
 def train_lightgbm(
-    data: DataSpec,
+    data: TrainingData,
     input_cols: list[str],
     label_col: str,
-    eval_data: DataSpec | None = None,
+    eval_data: TrainingData | None = None,
     params: dict[str, Any] | None = None,
     n_estimators: int = 100,
     objective: str = "regression",
@@ -164,79 +230,68 @@ def train_lightgbm(
     ray_cluster: RayCluster | None = None,
     stage: ModelStage | None = None,
     verbose_eval: int | None = 10,
+    snowflake: SnowflakeBlock | None = None,
 ) -> ModelArtifact:
     """Train LightGBM on Ray; returns the published model's ``ModelArtifact``."""
-    from shardtrain.config import FailureConfig
-    from shardtrain.modeling.distributors.lightgbm import (
-        LightGBMEstimator,
-        LightGBMScalingConfig,
-    )
+    stage = stage or ModelStage()
+    spec, held = boosting_spec(
+        "lightgbm", data, input_cols, label_col, eval_data, params, n_estimators, objective,
+        scaling_config, failure_config, stage, verbose_eval, request_id(),
+    )  # fmt: skip
+    return _run(spec, ray_cluster=ray_cluster, stage=stage, snowflake=snowflake, held=held)
 
-    return _train_gbdt(
-        lambda: LightGBMEstimator(
-            n_estimators=n_estimators,
-            objective=objective,
-            params=params,
-            scaling_config=LightGBMScalingConfig(**(scaling_config or {})),
-            failure_config=FailureConfig(**(failure_config or {})),
-        ),
-        data,
-        input_cols,
-        label_col,
-        eval_data,
-        ray_cluster,
-        stage,
-        verbose_eval,
+
+def pytorch_spec(
+    train_func: Callable | str,
+    dataset_map: Mapping[str, TrainingData] | None,
+    hyper_params: dict[str, Any] | None,
+    scaling_config: dict[str, Any] | None,
+    failure_config: dict[str, Any] | None,
+    stage: ModelStage,
+    request_id: str,
+) -> tuple[TrainingSpec, dict[str, DataConnector]]:
+    """A PyTorch task's arguments as a TrainingSpec (and the connectors held in process)."""
+    specs, held = _split(dataset_map or {})
+    spec = TrainingSpec(
+        framework="pytorch",
+        request_id=request_id,
+        artifact_stage_location=stage.uri,
+        train_func=train_func if isinstance(train_func, str) else None,
+        dataset_map=specs,
+        hyper_params=hyper_params or {},
+        scaling_config=scaling_config or {},
+        failure_config=failure_config or {},
     )
+    return spec, held
 
 
 @task(name="train_pytorch", retries=0)
 def train_pytorch(
-    train_func: Callable,
-    dataset_map: dict[str, DataSpec] | None = None,
+    train_func: Callable | str,
+    dataset_map: dict[str, TrainingData] | None = None,
     hyper_params: dict[str, Any] | None = None,
     scaling_config: dict[str, Any] | None = None,
     failure_config: dict[str, Any] | None = None,
     ray_cluster: RayCluster | None = None,
     stage: ModelStage | None = None,
+    snowflake: SnowflakeBlock | None = None,
 ) -> ModelArtifact | None:
-    """Run ``PyTorchDistributor`` on Ray; returns rank 0's published model artifact."""
-    from shardtrain.config import FailureConfig
-    from shardtrain.modeling.distributors.pytorch import (
-        PyTorchDistributor,
-        PyTorchScalingConfig,
-        WorkerResourceConfig,
-    )
+    """Run ``PyTorchDistributor`` on Ray; returns rank 0's published model artifact.
 
+    ``train_func`` is a callable or an importable dotted path (``pkg.module:func``).
+    """
     stage = stage or ModelStage()
-    (ray_cluster or RayCluster()).connect()
-    session, options = stage.session(), stage.options()
-    scaling = dict(scaling_config or {})
-    if isinstance(scaling.get("resource_requirements_per_worker"), dict):
-        scaling["resource_requirements_per_worker"] = WorkerResourceConfig(
-            **scaling["resource_requirements_per_worker"]
-        )
-    with forwarded_logs():
-        result = PyTorchDistributor(
-            train_func,
-            scaling_config=PyTorchScalingConfig(**scaling),
-            failure_config=FailureConfig(**(failure_config or {})),
-        ).run(
-            dataset_map={
-                n: connector_from_spec(s, session=session, storage_options=options, name=n)
-                for n, s in (dataset_map or {}).items()
-            },
-            hyper_params=hyper_params,
-            artifact_stage_location=stage.uri,
-            request_id=request_id(),
-            session=session,
-            storage_options=options,
-        )
-    artifact = result.get_artifact()
-    if artifact is not None:
-        get_run_logger().info("model published to %s", artifact.uri)
-        publish_artifacts(artifact)
-    return artifact
+    spec, held = pytorch_spec(
+        train_func, dataset_map, hyper_params, scaling_config, failure_config, stage, request_id()
+    )
+    return _run(
+        spec,
+        ray_cluster=ray_cluster,
+        stage=stage,
+        snowflake=snowflake,
+        train_func=None if isinstance(train_func, str) else train_func,
+        held=held,
+    )
 
 
 @task(name="register_model", retries=0)
@@ -249,21 +304,23 @@ def register_model(
     module: Any = None,
     stage: ModelStage | None = None,
 ) -> RegisteredModel:
-    """Register a trained model (a training task's result) in MLflow or Snowflake."""
-    from shardtrain.registry import register_model as register
+    """Register a trained model (a training task's result) in MLflow or Snowflake.
 
+    ``module`` is the ``torch.nn.Module`` for a PyTorch state dict: an instance, a class or
+    factory, or its dotted path.
+    """
     stage = stage or ModelStage()
-    module = module() if callable(module) and not hasattr(module, "load_state_dict") else module
-    registered = register(
-        artifact,
-        name=name,
-        registry=registry,
-        version=version,
-        tags=tags,
-        session=stage.session(),
-        storage_options=stage.options(),
-        module=module,
-    )
+    with stage.open_session() as session:
+        registered = register(
+            artifact,
+            name=name,
+            registry=registry,
+            version=version,
+            tags=tags,
+            session=session,
+            storage_options=stage.options(),
+            module=resolve_module(module),
+        )
     get_run_logger().info(
         "registered model: %s version %s (%s)",
         registered.name,

@@ -1,4 +1,8 @@
-"""RayHook and the ``ray`` connection type: which Ray cluster a task trains on."""
+"""RayHook and the ``ray`` connection type: which Ray cluster a task trains on.
+
+The connection form (fields, labels, placeholders) is declared in the provider info
+(``conn-fields`` / ``ui-field-behaviour``), as Airflow 3.2+ reads it without importing the hook.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,15 @@ import json
 from typing import Any
 
 from airflow.sdk import BaseHook
+
+from shardtrain.errors import ConfigError
+from shardtrain.integrations import connect_ray
+
+
+def _extra(extra: dict[str, Any], name: str) -> Any:
+    """An extra field, stored plain (``namespace``) or with the form's prefix."""
+    value = extra.get(name)
+    return value if value not in (None, "") else extra.get(f"extra__ray__{name}") or None
 
 
 class RayHook(BaseHook):
@@ -21,17 +34,6 @@ class RayHook(BaseHook):
     conn_type = "ray"
     hook_name = "Ray"
 
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": ["schema", "login", "password"],
-            "relabeling": {"host": "Address (ray://host:10001, host:6379 or auto)"},
-            "placeholders": {
-                "host": "ray://ray-head:10001",
-                "extra": json.dumps({"namespace": "training", "runtime_env": {"pip": ["xgboost"]}}),
-            },
-        }
-
     def __init__(self, ray_conn_id: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.ray_conn_id = ray_conn_id
@@ -45,12 +47,21 @@ class RayHook(BaseHook):
         if address and conn.port:
             address = f"{address}:{conn.port}"
         extra = conn.extra_dejson or {}
-        runtime_env = extra.get("runtime_env")
+        runtime_env = _extra(extra, "runtime_env")
         if isinstance(runtime_env, str):
-            runtime_env = json.loads(runtime_env)
-        return {"address": address, "namespace": extra.get("namespace"), "runtime_env": runtime_env}
+            try:
+                runtime_env = json.loads(runtime_env)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"the runtime_env of Ray connection {self.ray_conn_id!r} is not JSON ({exc}); "
+                    'write it as a JSON object, e.g. {"pip": ["xgboost"]}.'
+                ) from exc
+        return {
+            "address": address,
+            "namespace": _extra(extra, "namespace"),
+            "runtime_env": runtime_env,
+        }
 
     def connect(self) -> None:
-        from shardtrain.runtime.cluster import connect
-
-        connect(**self.settings())
+        """Connect this process to the connection's cluster (no-op when already connected)."""
+        connect_ray(**self.settings())

@@ -1,23 +1,22 @@
-"""Training operators: each trains on Ray with shardtrain and returns the model's artifact.
+"""Training operators: each turns its (templated) arguments into a ``TrainingSpec`` and runs it
+with ``shardtrain.integrations.run_training``; the XCom is ``ModelArtifact.to_dict()``.
 
-Operators own orchestration (connections, request ids, templating, links, kill); core
-owns the work. The return value, ``ModelArtifact.to_dict()``, is the XCom.
+Operators own orchestration (connections, request ids, templating, links, kill); core owns
+the work, so nothing here builds an estimator.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from airflow.sdk import BaseHook, BaseOperator, BaseOperatorLink
+from airflow.sdk import BaseOperator
 
-from shardtrain.artifact import request_id_from
-from shardtrain.data.spec import connector_from_spec
 from shardtrain.errors import ConfigError
+from shardtrain.integrations import TrainingSpec, request_id_from, run_training, shutdown_workers
 from shardtrain_airflow.hooks.ray import RayHook
+from shardtrain_airflow.hooks.snowpark import optional_session
+from shardtrain_airflow.links import ModelLocationLink
 
 
 def request_id_for(ti: Any) -> str:
@@ -29,38 +28,85 @@ def request_id_for(ti: Any) -> str:
     return request_id_from(identity)
 
 
-def snowpark_session(snowflake_conn_id: str) -> Any:
-    """A Snowpark session from an Airflow Snowflake connection.
+class TrainOperator(BaseOperator):
+    """What every training operator shares: the Ray and Snowflake connections, the stage,
+    scaling and failure configs, the model link and ``on_kill``.
 
-    Credentials stay inside the session: nothing derived from the connection is logged,
-    pushed to XCom or written into the artifact. A connection whose extra has
-    ``"local_testing": true`` gives Snowpark's local emulation (for DAG development and tests
-    without an account).
+    Subclasses set ``framework`` and return their own spec fields from ``spec_fields()``.
     """
-    conn = BaseHook.get_connection(snowflake_conn_id)
-    if (conn.extra_dejson or {}).get("local_testing"):
-        from snowflake.snowpark import Session
 
-        return Session.builder.config("local_testing", True).create()
-    from airflow.providers.snowflake.hooks.snowflake import SnowflakeHook
+    framework: str = ""
+    template_fields: Sequence[str] = ("artifact_stage_location",)
+    operator_extra_links = (ModelLocationLink(),)
 
-    return SnowflakeHook(snowflake_conn_id=snowflake_conn_id).get_snowpark_session()
+    def __init__(
+        self,
+        *,
+        scaling_config: dict[str, Any] | None = None,
+        failure_config: dict[str, Any] | None = None,
+        artifact_stage_location: str | None = None,
+        ray_conn_id: str | None = None,
+        snowflake_conn_id: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.scaling_config = scaling_config or {}
+        self.failure_config = failure_config or {}
+        self.artifact_stage_location = artifact_stage_location
+        self.ray_conn_id = ray_conn_id
+        self.snowflake_conn_id = snowflake_conn_id
+        self.storage_options = storage_options
+
+    def spec_fields(self) -> dict[str, Any]:
+        """The framework's own TrainingSpec fields, from the rendered arguments."""
+        raise NotImplementedError
+
+    def train_callable(self) -> Callable | None:
+        """A callable held in process that the spec cannot carry (PyTorch's train_func)."""
+        return None
+
+    def training_spec(self, context: Any) -> TrainingSpec:
+        """The run this task instance stands for (call after templates are rendered)."""
+        spec = TrainingSpec(
+            framework=self.framework,
+            request_id=request_id_for(context["ti"]),
+            artifact_stage_location=self.artifact_stage_location or None,
+            scaling_config=self.scaling_config,
+            failure_config=self.failure_config,
+            **self.spec_fields(),
+        )
+        if spec.needs_session and not self.snowflake_conn_id:
+            raise ConfigError(
+                f"task {self.task_id!r} reads a Snowflake table or query or publishes to a "
+                "Snowflake stage, which needs a Snowpark session: set snowflake_conn_id."
+            )
+        return spec
+
+    def execute(self, context: Any) -> dict[str, Any] | None:
+        spec = self.training_spec(context)
+        conn_id = self.snowflake_conn_id if spec.needs_session else None
+        with optional_session(conn_id) as session:
+            RayHook(self.ray_conn_id).connect()
+            artifact = run_training(
+                spec,
+                session=session,
+                storage_options=self.storage_options,
+                train_func=self.train_callable(),
+            )
+        if artifact is None:
+            self.log.warning("train_func saved no model under get_model_dir(): nothing published")
+            return None
+        self.log.info("model published to %s with metrics %s", artifact.uri, artifact.metrics)
+        return artifact.to_dict()
+
+    def on_kill(self) -> None:
+        shutdown_workers()
 
 
-class ModelLocationLink(BaseOperatorLink):
-    """The extra link of a training task: where its model was published."""
-
-    name = "Model location"
-
-    def get_link(self, operator: BaseOperator, *, ti_key: Any) -> str:
-        from airflow.sdk.execution_time.xcom import XCom
-
-        value = XCom.get_value(ti_key=ti_key, key="return_value")
-        return (value or {}).get("uri", "") if isinstance(value, dict) else ""
-
-
-class _TrainOperator(BaseOperator):
-    """What the training operators share: Ray and Snowflake connections, data, stage."""
+class BoostingTrainOperator(TrainOperator):
+    """The XGBoost and LightGBM operators: data as table / query / path (and ``eval_``
+    twins), feature and label columns, booster parameters."""
 
     template_fields: Sequence[str] = (
         "table",
@@ -75,8 +121,7 @@ class _TrainOperator(BaseOperator):
         "artifact_stage_location",
     )
     template_fields_renderers = {"training_params": "json", "query": "sql", "eval_query": "sql"}
-    operator_extra_links = (ModelLocationLink(),)
-    ui_color = "#e8f4fd"
+    default_objective: str = ""
 
     def __init__(
         self,
@@ -91,13 +136,8 @@ class _TrainOperator(BaseOperator):
         eval_path: str | None = None,
         training_params: dict[str, Any] | None = None,
         n_estimators: int = 100,
-        scaling_config: dict[str, Any] | None = None,
-        failure_config: dict[str, Any] | None = None,
+        objective: str | None = None,
         verbose_eval: int | None = 10,
-        artifact_stage_location: str | None = None,
-        ray_conn_id: str | None = None,
-        snowflake_conn_id: str | None = None,
-        storage_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -107,61 +147,28 @@ class _TrainOperator(BaseOperator):
         # Not `params`: that name is Airflow's own (DAG params, `{{ params.x }}`).
         self.training_params = training_params or {}
         self.n_estimators = n_estimators
-        self.scaling_config = scaling_config or {}
-        self.failure_config = failure_config or {}
+        self.objective = objective or self.default_objective
         self.verbose_eval = verbose_eval
-        self.artifact_stage_location = artifact_stage_location
-        self.ray_conn_id = ray_conn_id
-        self.snowflake_conn_id = snowflake_conn_id
-        self.storage_options = storage_options
 
-    def _estimator(self):
-        raise NotImplementedError
-
-    def execute(self, context: Any) -> dict[str, Any]:
-        RayHook(self.ray_conn_id).connect()
-        session = snowpark_session(self.snowflake_conn_id) if self.snowflake_conn_id else None
-        train = connector_from_spec(
-            {"table": self.table, "query": self.query, "path": self.path},
-            session=session,
-            storage_options=self.storage_options,
-        )
-        if train is None:
-            raise ConfigError("give the training data as table=, query= or path=.")
-        evals = connector_from_spec(
-            {"table": self.eval_table, "query": self.eval_query, "path": self.eval_path},
-            session=session,
-            storage_options=self.storage_options,
-            name="eval",
-        )
-        input_cols = (
-            [c.strip() for c in self.input_cols.split(",")]
-            if isinstance(self.input_cols, str)
-            else list(self.input_cols)
-        )
-        estimator = self._estimator()
-        estimator.fit(
-            train,
-            input_cols,
-            self.label_col,
-            eval_set=evals,
+    def spec_fields(self) -> dict[str, Any]:
+        train = {"table": self.table, "query": self.query, "path": self.path}
+        if not any(train.values()):
+            raise ConfigError(
+                f"task {self.task_id!r} has no training data: give table=, query= or path=."
+            )
+        return dict(
+            train_data=train,
+            eval_data={"table": self.eval_table, "query": self.eval_query, "path": self.eval_path},
+            input_cols=self.input_cols,
+            label_col=self.label_col,
+            n_estimators=self.n_estimators,
+            objective=self.objective,
+            params=self.training_params,
             verbose_eval=self.verbose_eval,
-            artifact_stage_location=self.artifact_stage_location,
-            request_id=request_id_for(context["ti"]),
-            session=session,
-            storage_options=self.storage_options,
         )
-        artifact = estimator.get_artifact()
-        self.log.info("model published to %s with metrics %s", artifact.uri, artifact.metrics)
-        return artifact.to_dict()
-
-    def on_kill(self) -> None:
-        from shardtrain.runtime.worker_group import shutdown_workers
-
-        shutdown_workers()
 
 
-class XGBoostTrainOperator(_TrainOperator):
+class XGBoostTrainOperator(BoostingTrainOperator):
     """Train ``XGBEstimator`` on Ray; the XCom is the published model's artifact.
 
     Example:
@@ -171,84 +178,31 @@ class XGBoostTrainOperator(_TrainOperator):
         ...     training_params={"max_depth": 6}, artifact_stage_location="@ML.PUBLIC.MODELS")
     """
 
-    def __init__(self, *, objective: str = "reg:squarederror", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.objective = objective
-
-    def _estimator(self):
-        from shardtrain.config import FailureConfig
-        from shardtrain.modeling.distributors.xgboost import XGBEstimator, XGBScalingConfig
-
-        return XGBEstimator(
-            n_estimators=self.n_estimators,
-            objective=self.objective,
-            params=dict(self.training_params),
-            scaling_config=XGBScalingConfig(**self.scaling_config),
-            failure_config=FailureConfig(**self.failure_config),
-        )
+    framework = "xgboost"
+    default_objective = "reg:squarederror"
+    ui_color = "#e8f4fd"
 
 
-class LightGBMTrainOperator(_TrainOperator):
+class LightGBMTrainOperator(BoostingTrainOperator):
     """Train ``LightGBMEstimator`` on Ray; the XCom is the published model's artifact."""
 
-    def __init__(self, *, objective: str = "regression", **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.objective = objective
-
-    def _estimator(self):
-        from shardtrain.config import FailureConfig
-        from shardtrain.modeling.distributors.lightgbm import (
-            LightGBMEstimator,
-            LightGBMScalingConfig,
-        )
-
-        return LightGBMEstimator(
-            n_estimators=self.n_estimators,
-            objective=self.objective,
-            params=dict(self.training_params),
-            scaling_config=LightGBMScalingConfig(**self.scaling_config),
-            failure_config=FailureConfig(**self.failure_config),
-        )
+    framework = "lightgbm"
+    default_objective = "regression"
+    ui_color = "#e8f4fd"
 
 
-def resolve_callable(target: Callable | str) -> Callable:
-    """A callable, or an importable dotted path (``pkg.module.func`` or ``pkg.module:func``).
-
-    A function from a module Ray workers cannot import (a DAG file is imported under a
-    generated name) is registered to be pickled by value.
-    """
-    if isinstance(target, str):
-        module_name, _, attr = target.replace(":", ".").rpartition(".")
-        try:
-            target = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError, ValueError) as exc:
-            raise ConfigError(f"cannot import train_func {target!r}: {exc}") from exc
-    if not callable(target):
-        raise ConfigError(f"train_func must be callable or a dotted path, got {target!r}.")
-    module = sys.modules.get(getattr(target, "__module__", "") or "")
-    if module is not None and module.__name__ != "__main__":
-        try:
-            importable = importlib.util.find_spec(module.__name__) is not None
-        except (ImportError, ValueError):
-            importable = False
-        if not importable:
-            from ray import cloudpickle
-
-            cloudpickle.register_pickle_by_value(module)
-    return target
-
-
-class PyTorchTrainOperator(BaseOperator):
+class PyTorchTrainOperator(TrainOperator):
     """Run ``PyTorchDistributor`` on Ray; the XCom is the published model's artifact.
 
-    ``dataset_map`` maps names to ``{'table': ...}``, ``{'query': ...}`` or ``{'path': ...}``;
-    ``scaling_config`` is ``{'num_nodes', 'num_workers_per_node',
-    'resource_requirements_per_worker': {'num_cpus', 'num_gpus'}}``.
+    ``train_func`` is a callable or an importable dotted path; ``dataset_map`` maps names to
+    ``{'table': ...}``, ``{'query': ...}`` or ``{'path': ...}``; ``scaling_config`` is
+    ``{'num_nodes', 'num_workers_per_node', 'resource_requirements_per_worker': {'num_cpus',
+    'num_gpus'}}``.
     """
 
+    framework = "pytorch"
     template_fields: Sequence[str] = ("dataset_map", "hyper_params", "artifact_stage_location")
     template_fields_renderers = {"dataset_map": "json", "hyper_params": "json"}
-    operator_extra_links = (ModelLocationLink(),)
     ui_color = "#fdeee8"
 
     def __init__(
@@ -257,127 +211,24 @@ class PyTorchTrainOperator(BaseOperator):
         train_func: Callable | str,
         dataset_map: dict[str, dict[str, Any]] | None = None,
         hyper_params: dict[str, Any] | None = None,
-        scaling_config: dict[str, Any] | None = None,
-        failure_config: dict[str, Any] | None = None,
-        artifact_stage_location: str | None = None,
-        ray_conn_id: str | None = None,
-        snowflake_conn_id: str | None = None,
-        storage_options: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.train_func = train_func
         self.dataset_map = dataset_map or {}
         self.hyper_params = hyper_params or {}
-        self.scaling_config = scaling_config or {}
-        self.failure_config = failure_config or {}
-        self.artifact_stage_location = artifact_stage_location
-        self.ray_conn_id = ray_conn_id
-        self.snowflake_conn_id = snowflake_conn_id
-        self.storage_options = storage_options
 
-    def execute(self, context: Any) -> dict[str, Any] | None:
-        from shardtrain.config import FailureConfig
-        from shardtrain.modeling.distributors.pytorch import (
-            PyTorchDistributor,
-            PyTorchScalingConfig,
-            WorkerResourceConfig,
-        )
-
-        RayHook(self.ray_conn_id).connect()
-        session = snowpark_session(self.snowflake_conn_id) if self.snowflake_conn_id else None
-        datasets = {
-            name: connector_from_spec(
-                spec, session=session, storage_options=self.storage_options, name=name
+    def spec_fields(self) -> dict[str, Any]:
+        if not isinstance(self.train_func, str) and not callable(self.train_func):
+            raise ConfigError(
+                f"task {self.task_id!r}: train_func must be a callable or an importable dotted "
+                f"path, got {type(self.train_func).__name__}."
             )
-            for name, spec in self.dataset_map.items()
-        }
-        scaling = dict(self.scaling_config)
-        if isinstance(scaling.get("resource_requirements_per_worker"), dict):
-            scaling["resource_requirements_per_worker"] = WorkerResourceConfig(
-                **scaling["resource_requirements_per_worker"]
-            )
-        result = PyTorchDistributor(
-            resolve_callable(self.train_func),
-            scaling_config=PyTorchScalingConfig(**scaling),
-            failure_config=FailureConfig(**self.failure_config),
-        ).run(
-            dataset_map=datasets,
-            hyper_params=dict(self.hyper_params),
-            artifact_stage_location=self.artifact_stage_location,
-            request_id=request_id_for(context["ti"]),
-            session=session,
-            storage_options=self.storage_options,
+        return dict(
+            train_func=self.train_func if isinstance(self.train_func, str) else None,
+            dataset_map=self.dataset_map,
+            hyper_params=self.hyper_params,
         )
-        artifact = result.get_artifact()
-        if artifact is None:
-            self.log.warning("train_func saved no model under get_model_dir(): nothing published")
-            return None
-        self.log.info("model published to %s with metrics %s", artifact.uri, artifact.metrics)
-        return artifact.to_dict()
 
-    def on_kill(self) -> None:
-        from shardtrain.runtime.worker_group import shutdown_workers
-
-        shutdown_workers()
-
-
-class RegisterModelOperator(BaseOperator):
-    """Register a trained model (a training task's XCom) in a model registry.
-
-    ``model`` is the artifact dict a training operator returned (``train.output``) or a model
-    URI; ``registry`` is None/``"mlflow"`` (the embedded sqlite MLflow registry), an MLflow
-    tracking URI, or ``"snowflake"`` (with ``snowflake_conn_id``). A retried task (same
-    artifact) returns the version it already registered. The XCom is the
-    ``RegisteredModel`` as a dict.
-    """
-
-    template_fields: Sequence[str] = ("model", "name", "registry", "version", "tags")
-    ui_color = "#eefde8"
-
-    def __init__(
-        self,
-        *,
-        model: Any,
-        name: str,
-        registry: str | None = None,
-        version: str | None = None,
-        metrics: dict[str, float] | None = None,
-        tags: dict[str, str] | None = None,
-        module: Any = None,
-        snowflake_conn_id: str | None = None,
-        storage_options: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.model, self.name, self.registry, self.version = model, name, registry, version
-        self.metrics, self.tags, self.module = metrics, tags, module
-        self.snowflake_conn_id = snowflake_conn_id
-        self.storage_options = storage_options
-
-    def execute(self, context: Any) -> dict[str, Any]:
-        from shardtrain.registry import register_model
-
-        session = snowpark_session(self.snowflake_conn_id) if self.snowflake_conn_id else None
-        module = self.module
-        if module is not None and not hasattr(module, "load_state_dict"):
-            module = resolve_callable(module)()  # a class or factory (or its dotted path)
-        registered = register_model(
-            self.model,
-            name=self.name,
-            registry=self.registry,
-            version=self.version,
-            metrics=self.metrics,
-            tags=self.tags,
-            session=session,
-            storage_options=self.storage_options,
-            module=module,
-        )
-        self.log.info(
-            "registered model: %s version %s (%s) from %s",
-            registered.name,
-            registered.version,
-            registered.model_uri,
-            registered.source_uri,
-        )
-        return registered.to_dict()
+    def train_callable(self) -> Callable | None:
+        return None if isinstance(self.train_func, str) else self.train_func

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
+from shardtrain.config import check_int
+
 #: Rows mixed together by a shuffle (beyond the reordering of whole units).
 DEFAULT_SHUFFLE_BUFFER_ROWS = 65536
 
@@ -64,12 +66,6 @@ def shuffle_buffered(
 
 
 def check_batch_size(batch_size: int | None) -> None:
-    from shardtrain.errors import ConfigError
-
-    if batch_size is None:
-        return
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ConfigError(
-            f"batch_size must be a positive integer or None, got {batch_size!r}.",
-            batch_size=batch_size,
-        )
+    """None (batches as stored) or a positive integer."""
+    if batch_size is not None:
+        check_int(batch_size, "batch_size", also="None", batch_size=batch_size)

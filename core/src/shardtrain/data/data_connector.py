@@ -14,7 +14,16 @@ from shardtrain.data.batching import (
     rebatch,
     shuffle_buffered,
 )
-from shardtrain.data.sources import ConcatSource, ParquetSource, Source, as_source, pandas_source
+from shardtrain.data.snowpark import dataframe_from_sql
+from shardtrain.data.sources import (
+    ConcatSource,
+    ParquetSource,
+    RayDatasetSource,
+    Source,
+    as_source,
+    pandas_source,
+)
+from shardtrain.errors import ConfigError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -46,8 +55,6 @@ class DataConnector:
     @classmethod
     def from_sql(cls, query: str, session: Any = None, **kwargs: Any) -> DataConnector:
         """The result of a SQL query on a Snowpark session (the active one by default)."""
-        from shardtrain.data.snowpark import dataframe_from_sql
-
         return cls.from_dataframe(dataframe_from_sql(query, session), **kwargs)
 
     @classmethod
@@ -75,8 +82,6 @@ class DataConnector:
 
     @classmethod
     def from_ray_dataset(cls, dataset: Any, **kwargs: Any) -> DataConnector:
-        from shardtrain.data.sources import RayDatasetSource
-
         return cls(RayDatasetSource(dataset), **kwargs)
 
     @classmethod
@@ -86,8 +91,6 @@ class DataConnector:
         Each item is anything ``from_dataframe`` or ``from_parquet`` takes, or an object with
         a ``sql`` attribute (the vendor's ``DataFrameInfo``), run on ``session``.
         """
-        from shardtrain.data.snowpark import dataframe_from_sql
-
         resolved = [
             as_source(dataframe_from_sql(item.sql, session))
             if hasattr(item, "sql")
@@ -175,7 +178,7 @@ class DataConnector:
         Each column is a 1-D tensor of the batch's length (``batch_size=None``: one row at a
         time). With ``DataLoader(num_workers=k)`` each loader worker reads a disjoint part.
         """
-        from shardtrain.data.torch import ArrowTorchDataset
+        from shardtrain.data.torch import ArrowTorchDataset  # imports torch (optional)
 
         return ArrowTorchDataset(
             self,
@@ -189,8 +192,6 @@ class DataConnector:
     def to_ray_dataset(self, batch_size: int = 65536):
         """A Ray Dataset of the same rows, streamed through the object store in blocks."""
         import ray
-
-        from shardtrain.data.sources import RayDatasetSource
 
         if isinstance(self._source, RayDatasetSource) and self._source.num_rows == sum(
             self._source._unit_rows
@@ -207,3 +208,15 @@ class DataConnector:
     # -- planning (used by ShardedDataConnector and torch loader workers) -----------------
     def _part(self, start: int, stop: int) -> DataConnector:
         return DataConnector(self._source.slice(start, stop))
+
+
+def as_connector(data: Any, name: str) -> DataConnector:
+    """A DataConnector for anything ``fit``, ``predict`` and ``run`` accept."""
+    if isinstance(data, DataConnector):
+        return data
+    if data is None:
+        raise ConfigError(
+            f"{name} is required: give a DataConnector, a pandas or Arrow table, "
+            "a Snowpark DataFrame or a Parquet path."
+        )
+    return DataConnector.from_dataframe(data)

@@ -5,30 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from shardtrain.data.data_connector import DataConnector
-from shardtrain.data.sources import Source
-from shardtrain.errors import ConfigError, EmptyDataError
+from shardtrain.data.sharding import plan_shards
+from shardtrain.data.source import Source
+from shardtrain.errors import ConfigError, EmptyDataError, OutsideWorkerError
 from shardtrain.runtime.worker_context import current_worker
 
-
-def plan_shards(num_rows: int, world_size: int, equal: bool) -> list[tuple[int, int]]:
-    """Row windows ``[start, stop)`` for each rank, balanced by rows.
-
-    ``equal=False``: contiguous windows whose sizes differ by at most one row, covering
-    every row exactly once. ``equal=True``: windows of identical size ``num_rows //
-    world_size``; the last ``num_rows % world_size`` rows (fewer than ``world_size``) are
-    dropped.
-    """
-    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-        raise ConfigError(
-            f"world_size must be a positive integer, got {world_size!r}.", world_size=world_size
-        )
-    if equal:
-        size = num_rows // world_size
-        return [(rank * size, (rank + 1) * size) for rank in range(world_size)]
-    return [
-        (rank * num_rows // world_size, (rank + 1) * num_rows // world_size)
-        for rank in range(world_size)
-    ]
+__all__ = ["ShardedDataConnector", "plan_shards"]
 
 
 class ShardedDataConnector(DataConnector):
@@ -70,7 +52,7 @@ class ShardedDataConnector(DataConnector):
         if rank is None and world_size is None:
             info = current_worker()
             if info is None:
-                raise RuntimeError(
+                raise OutsideWorkerError(
                     "get_shard() without arguments only works inside a distributor's "
                     "training function; elsewhere call get_shard(rank, world_size)."
                 )

@@ -9,12 +9,38 @@ has no SQL and its ``to_arrow`` returns Rows, so there the emulated result is co
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
 
-from shardtrain.data.sources import ArrowTableSource, ResultBatchSource
+from shardtrain.data.source import ArrowTableSource, Source
 from shardtrain.errors import DataSourceError
+
+
+class ResultBatchSource(Source):
+    """A Snowflake query's result batches (``cursor.get_result_batches()``).
+
+    Each batch pickles as a download link, so whichever worker owns it fetches it directly;
+    the driver only ran the query.
+    """
+
+    def __init__(self, batches: Sequence[Any], schema: pa.Schema, description: dict) -> None:
+        self._batches = list(batches)
+        self._schema = schema
+        self._description = description
+        self._unit_rows = [int(b.rowcount) for b in self._batches]
+        super().__init__()
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self._description, num_rows=self.num_rows)
+
+    def _read_range(self, start, stop, columns):
+        for unit, lo, hi in self._units_in(start, stop):
+            table = self._batches[unit].to_arrow()
+            if columns is not None:
+                table = table.select(columns)
+            yield from table.slice(lo, hi - lo).to_batches()
 
 
 def is_local_testing(session: Any) -> bool:

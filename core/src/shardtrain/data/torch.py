@@ -15,7 +15,8 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from shardtrain.data.sharded_data_connector import plan_shards
+from shardtrain.data.numeric import is_numeric
+from shardtrain.data.sharding import plan_shards
 from shardtrain.errors import DataSourceError, SchemaError
 
 if TYPE_CHECKING:
@@ -25,12 +26,7 @@ if TYPE_CHECKING:
 def _tensor_type_check(schema: pa.Schema, columns: Sequence[str]) -> None:
     for name in columns:
         kind = schema.field(name).type
-        if not (
-            pa.types.is_integer(kind)
-            or pa.types.is_floating(kind)
-            or pa.types.is_boolean(kind)
-            or pa.types.is_decimal(kind)
-        ):
+        if not is_numeric(kind):
             raise SchemaError(
                 f"column {name!r} has type {kind}, which cannot become a tensor; pass "
                 "columns=[...] with numeric columns only, or encode it first.",

@@ -1,4 +1,4 @@
-"""What the Ray cluster has, and how a scaling config maps onto it."""
+"""What the Ray cluster has, and how a (validated) scaling config maps onto it."""
 
 from __future__ import annotations
 
@@ -48,23 +48,12 @@ class WorkerShape:
     gpus: float
 
 
-def _check_count(name: str, value, allow_auto: bool = True) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or (value < 1 and not (allow_auto and value == -1))
-    ):
-        raise ScalingConfigError(
-            f"{name} must be a positive integer or -1 (automatic), got {value!r}.", field=name
-        )
-
-
 def resolve_gbdt_shape(
     num_workers: int, num_cpu_per_worker: int, use_gpu: bool | None, shape: ClusterShape
 ) -> WorkerShape:
-    """XGBoost / LightGBM: one worker per node (or per GPU) with all of its CPUs by default."""
-    _check_count("num_workers", num_workers)
-    _check_count("num_cpu_per_worker", num_cpu_per_worker)
+    """XGBoost / LightGBM: one worker per node (or per GPU) with all of its CPUs by default.
+
+    The arguments come from a validated scaling config (``shardtrain.config``)."""
     if use_gpu is None:
         use_gpu = shape.total_gpus > 0
     if use_gpu and shape.total_gpus < 1:
@@ -103,14 +92,8 @@ def resolve_torch_shape(
     num_nodes: int, num_workers_per_node: int, cpus: float, gpus: float, shape: ClusterShape
 ) -> WorkerShape:
     """PyTorch: ``num_nodes`` nodes x workers per node (-1: as many as the smallest of the
-    used nodes fits), each worker with ``cpus`` CPUs and ``gpus`` GPUs."""
-    _check_count("num_nodes", num_nodes, allow_auto=False)
-    _check_count("num_workers_per_node", num_workers_per_node)
-    if cpus < 0 or gpus < 0 or (cpus == 0 and gpus == 0):
-        raise ScalingConfigError(
-            f"each worker needs some CPU or GPU: got num_cpus={cpus:g}, num_gpus={gpus:g}.",
-            field="resource_requirements_per_worker",
-        )
+    used nodes fits), each worker with ``cpus`` CPUs and ``gpus`` GPUs. The arguments come
+    from a validated ``PyTorchScalingConfig`` (``shardtrain.config``)."""
     nodes = sorted(zip(shape.node_cpus, shape.node_gpus, strict=True), reverse=True)
     if num_nodes > len(nodes):
         raise ScalingConfigError(

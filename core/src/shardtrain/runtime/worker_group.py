@@ -2,7 +2,7 @@
 
 Starting a Python process and importing xgboost/pyarrow/torch costs ~2 s here, which would
 dominate small jobs, so groups are kept between fits of the same driver, keyed by their
-shape, and dropped after ``SHARDTRAIN_WORKER_IDLE_S`` seconds idle (default 60), on
+shape, and dropped after ``SHARDTRAIN_WORKER_IDLE_S`` seconds idle (``shardtrain.env``), on
 ``shutdown_workers()``, or when another shape needs the resources. Each fit still brings its
 own collective (tracker, ports, process group), so nothing carries over from one fit to the
 next but the warm process.
@@ -23,21 +23,23 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from shardtrain.errors import ScalingConfigError, ShardtrainError, WorkerError
+from shardtrain import env
+from shardtrain.errors import ScalingConfigError, ShardtrainError, WorkerDiedError, WorkerError
+from shardtrain.runtime.events import Snapshot
 from shardtrain.runtime.resources import WorkerShape, cluster_shape
 from shardtrain.runtime.worker_context import WorkerInfo, bind_worker
 
+__all__ = ["Reporter", "WorkerDiedError", "WorkerGroup", "lease", "shutdown_workers"]
+
 logger = logging.getLogger("shardtrain.runtime")
 
-#: Seconds to wait for a placement group before declaring the request unsatisfiable.
-PLACEMENT_TIMEOUT_S = float(os.environ.get("SHARDTRAIN_PLACEMENT_TIMEOUT_S", "30"))
 POLL_INTERVAL_S = 0.05
 #: After a rank fails, how long to look for a peer that died (the root cause) before reporting.
 DEATH_GRACE_S = 3.0
 
-
-class WorkerDiedError(WorkerError):
-    """A worker process died (killed, out of memory, node lost): the group may be rebuilt."""
+#: What ``on_progress`` receives: the new events (records from ``runtime.events``) and the
+#: newest snapshot past the one the driver has (or None).
+ProgressCallback = Callable[[list[Any], Snapshot | None], None]
 
 
 class Reporter:
@@ -45,23 +47,23 @@ class Reporter:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._events: list[dict[str, Any]] = []
-        self._checkpoint: tuple[int, bytes] | None = None
+        self._events: list[Any] = []
+        self._snapshot: Snapshot | None = None
 
-    def report(self, event: dict[str, Any]) -> None:
+    def report(self, event: Any) -> None:
         with self._lock:
             self._events.append(event)
 
     def checkpoint(self, step: int, data: bytes) -> None:
         with self._lock:
-            self._checkpoint = (step, data)
+            self._snapshot = Snapshot(step, data)
 
-    def take(self, cursor: int, have_step: int) -> tuple[list[dict], tuple[int, bytes] | None]:
+    def take(self, cursor: int, have_step: int) -> tuple[list[Any], Snapshot | None]:
         with self._lock:
-            checkpoint = self._checkpoint
-            if checkpoint is not None and checkpoint[0] <= have_step:
-                checkpoint = None
-            return self._events[cursor:], checkpoint
+            snapshot = self._snapshot
+            if snapshot is not None and snapshot.step <= have_step:
+                snapshot = None
+            return self._events[cursor:], snapshot
 
 
 class _TrainWorker:
@@ -137,11 +139,12 @@ class WorkerGroup:
             [dict(bundle) for _ in range(shape.num_workers // workers_per_bundle)],
             strategy=strategy,
         )
-        if not self._pg.wait(timeout_seconds=PLACEMENT_TIMEOUT_S):
+        timeout = env.PLACEMENT_TIMEOUT_S.get()
+        if not self._pg.wait(timeout_seconds=timeout):
             remove_placement_group(self._pg)
             raise ScalingConfigError(
                 f"could not reserve {shape.num_workers} workers x ({bundle}) within "
-                f"{PLACEMENT_TIMEOUT_S:g} s; the cluster has {cluster_shape().describe()} and "
+                f"{timeout:g} s; the cluster has {cluster_shape().describe()} and "
                 f"{ray.available_resources()} free. Ask for less, or free the resources.",
                 field="num_workers",
             )
@@ -168,7 +171,7 @@ class WorkerGroup:
         self,
         fn: Callable,
         rank_kwargs: list[dict[str, Any]],
-        on_progress: Callable[[list[dict], tuple[int, bytes] | None], None] | None = None,
+        on_progress: ProgressCallback | None = None,
         have_step: int = 0,
     ) -> list[Any]:
         """``fn(reporter, **rank_kwargs[rank])`` on every rank; results in rank order."""
@@ -189,12 +192,12 @@ class WorkerGroup:
                 if failed:
                     self._raise_root_cause(failed, pending, rank_of)
                 if on_progress is not None:
-                    events, checkpoint = ray.get(self.workers[0].poll.remote(cursor, have_step))
+                    events, snapshot = ray.get(self.workers[0].poll.remote(cursor, have_step))
                     cursor += len(events)
-                    if checkpoint is not None:
-                        have_step = checkpoint[0]
-                    if events or checkpoint is not None:
-                        on_progress(events, checkpoint)
+                    if snapshot is not None:
+                        have_step = snapshot.step
+                    if events or snapshot is not None:
+                        on_progress(events, snapshot)
             return ray.get(refs)
         except BaseException:
             self.shutdown()  # peers may hang in a collective: never leave them running
@@ -261,27 +264,6 @@ class WorkerGroup:
         _forget(self)
 
 
-def with_restarts(
-    attempt: Callable[[], Any],
-    max_failures: int,
-    on_restart: Callable[[WorkerDiedError, int], None],
-) -> Any:
-    """``attempt()``, run again after a worker death up to ``max_failures`` times.
-
-    ``on_restart(error, failures)`` runs before each new attempt (to log and to reload the
-    latest checkpoint); any other error, or one death too many, propagates.
-    """
-    failures = 0
-    while True:
-        try:
-            return attempt()
-        except WorkerDiedError as exc:
-            failures += 1
-            if failures > max_failures:
-                raise
-            on_restart(exc, failures)
-
-
 # -- the warm pool -------------------------------------------------------------------------------
 
 _lock = threading.Lock()
@@ -290,7 +272,7 @@ _busy: list[WorkerGroup] = []
 
 
 def _idle_seconds() -> float:
-    return float(os.environ.get("SHARDTRAIN_WORKER_IDLE_S", "60"))
+    return env.WORKER_IDLE_S.get()
 
 
 def _forget(group: WorkerGroup) -> None:

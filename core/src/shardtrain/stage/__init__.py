@@ -18,7 +18,9 @@ from typing import Any
 from shardtrain.errors import StageError
 from shardtrain.home import shardtrain_home
 from shardtrain.stage.base import Stage, normalize_path
-from shardtrain.stage.snowflake import parse_stage_uri
+from shardtrain.stage.fsspec import FsspecStage
+from shardtrain.stage.local import LocalStage
+from shardtrain.stage.snowflake import SnowflakeStage, parse_stage_uri
 
 
 def default_stage_uri() -> str:
@@ -46,19 +48,11 @@ def open_stage(
         raise StageError(f"a stage location must be a non-empty string, got {uri!r}.", uri=uri)
     uri = uri.strip()
     if uri.startswith("@") or parse_stage_uri(uri) is not None:
-        from shardtrain.stage.snowflake import SnowflakeStage
-
         return SnowflakeStage(uri, session)
     if uri.startswith("file://"):
-        from shardtrain.stage.local import LocalStage
-
         return LocalStage(uri[len("file://") :])
     if "://" in uri:
-        from shardtrain.stage.fsspec import FsspecStage
-
         return FsspecStage(uri, storage_options)
-    from shardtrain.stage.local import LocalStage
-
     return LocalStage(uri)
 
 

@@ -9,13 +9,18 @@ idempotent.
 
 from __future__ import annotations
 
+import importlib
 import re
+import tempfile
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-from shardtrain.artifact import ModelArtifact
 from shardtrain.errors import ConfigError
 from shardtrain.home import shardtrain_home
+from shardtrain.model.artifact import ModelArtifact
+from shardtrain.model.frameworks import spec
+from shardtrain.model.load import fetch_model, load_model
 
 REQUEST_ID_TAG = "shardtrain.request_id"
 SOURCE_TAG = "shardtrain.source_uri"
@@ -71,18 +76,16 @@ def register_model(
         session, storage_options: how to reach the artifact's stage (and Snowflake).
         module: for PyTorch, the ``torch.nn.Module`` (an instance) the state dict loads into.
     """
-    from shardtrain.stage.publish import fetch_model, load_model
-
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"name must be a non-empty string, got {name!r}.")
     # Verify first: manifest present, every file matching its checksum.
-    artifact = _artifact_of(artifact_or_uri, session, storage_options, fetch_model)
+    artifact = _verified(artifact_or_uri, session, storage_options)
     model = load_model(artifact, session=session, storage_options=storage_options)
-    if artifact.framework == "pytorch":
+    if spec(artifact.framework).needs_module:
         if module is None:
             raise ConfigError(
-                "a PyTorch artifact holds a state dict: pass module=<an instance "
-                "of its torch.nn.Module> to register it."
+                f"a {artifact.framework} artifact holds a state dict: pass module=<an "
+                "instance of its torch.nn.Module> to register it."
             )
         module.load_state_dict(model)
         model = module.eval()
@@ -94,9 +97,7 @@ def register_model(
     return _register_mlflow(artifact, model, name, uri, version, all_metrics, dict(tags or {}))
 
 
-def _artifact_of(artifact_or_uri, session, storage_options, fetch_model) -> ModelArtifact:
-    import tempfile
-
+def _verified(artifact_or_uri, session, storage_options) -> ModelArtifact:
     with tempfile.TemporaryDirectory(prefix="shardtrain-verify-") as tmp:
         return fetch_model(artifact_or_uri, tmp, session=session, storage_options=storage_options)
 
@@ -120,7 +121,7 @@ def _signature(artifact: ModelArtifact):
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
-    if artifact.framework == "pytorch":
+    if not spec(artifact.framework).tabular:
         if not artifact.input_cols:
             return None
         return ModelSignature(
@@ -161,9 +162,8 @@ def _register_mlflow(artifact, model, name, uri, version, metrics, tags) -> Regi
         else client.create_experiment("shardtrain", artifact_location=_artifact_location(uri))
     )
     mlflow.set_experiment(experiment_id=experiment_id)
-    flavour = {"xgboost": mlflow.xgboost, "lightgbm": mlflow.lightgbm, "pytorch": mlflow.pytorch}[
-        artifact.framework
-    ]
+    framework = spec(artifact.framework)
+    flavour = importlib.import_module(framework.mlflow_flavour)
     version_tags = {
         REQUEST_ID_TAG: artifact.request_id,
         SOURCE_TAG: artifact.uri,
@@ -178,7 +178,7 @@ def _register_mlflow(artifact, model, name, uri, version, metrics, tags) -> Regi
             mlflow.log_metrics({_metric_key(k): float(v) for k, v in metrics.items()})
         mlflow.set_tags(version_tags)
         info = flavour.log_model(
-            model, name="model", signature=_signature(artifact), **_flavour_options(artifact)
+            model, name="model", signature=_signature(artifact), **framework.mlflow_options
         )
     registered = mlflow.register_model(info.model_uri, name, tags=version_tags)
     return RegisteredModel(
@@ -194,17 +194,9 @@ def _register_mlflow(artifact, model, name, uri, version, metrics, tags) -> Regi
 def _artifact_location(uri: str) -> str | None:
     """Beside a sqlite registry's file (MLflow's default would be ./mlruns in the current
     directory); a tracking server decides for itself."""
-    from pathlib import Path
-
     if uri.startswith("sqlite:///"):
         return (Path(uri[len("sqlite:///") :]).resolve().parent / "mlflow-artifacts").as_uri()
     return None
-
-
-def _flavour_options(artifact: ModelArtifact) -> dict[str, Any]:
-    """PyTorch: MLflow's classic format. Its newer traced 'pt2' format specialises the graph
-    to the example's batch size (a model traced on one row refuses 300)."""
-    return {"serialization_format": "pickle"} if artifact.framework == "pytorch" else {}
 
 
 def _metric_key(key: str) -> str:

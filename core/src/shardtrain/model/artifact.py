@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shardtrain.errors import ConfigError
+from shardtrain.model.frameworks import FRAMEWORKS, spec
 
-FRAMEWORKS = ("xgboost", "lightgbm", "pytorch")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
@@ -70,11 +70,7 @@ class ModelArtifact:
     versions: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.framework not in FRAMEWORKS:
-            raise ConfigError(
-                f"framework must be one of {FRAMEWORKS}, got {self.framework!r}.",
-                framework=self.framework,
-            )
+        spec(self.framework)  # refuses an unknown framework
         check_request_id(self.request_id)
         try:
             json.dumps(self.to_dict(), allow_nan=True)
@@ -99,8 +95,4 @@ class ModelArtifact:
         return cls.from_dict(json.loads(text))
 
 
-def load_model(artifact_or_uri: ModelArtifact | dict | str, **kwargs: Any) -> Any:
-    """The model object of a published model (see ``shardtrain.stage.publish.load_model``)."""
-    from shardtrain.stage.publish import load_model as _load
-
-    return _load(artifact_or_uri, **kwargs)
+__all__ = ["FRAMEWORKS", "ModelArtifact", "check_request_id", "new_request_id", "request_id_from"]

@@ -1,0 +1,70 @@
+"""RegisterModelOperator: register a training task's model in a model registry."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from shardtrain.integrations import resolve_module
+from shardtrain_airflow.hooks.snowpark import optional_session
+
+
+class RegisterModelOperator(BaseOperator):
+    """Register a trained model (a training task's XCom) in a model registry.
+
+    ``model`` is the artifact dict a training operator returned (``train.output``) or a model
+    URI; ``registry`` is None/``"mlflow"`` (the embedded sqlite MLflow registry), an MLflow
+    tracking URI, or ``"snowflake"`` (with ``snowflake_conn_id``). ``module`` is the
+    ``torch.nn.Module`` for a PyTorch state dict: a class or factory, or its dotted path. A
+    retried task (same artifact) returns the version it already registered. The XCom is the
+    ``RegisteredModel`` as a dict.
+    """
+
+    template_fields: Sequence[str] = ("model", "name", "registry", "version", "tags")
+    ui_color = "#eefde8"
+
+    def __init__(
+        self,
+        *,
+        model: Any,
+        name: str,
+        registry: str | None = None,
+        version: str | None = None,
+        metrics: dict[str, float] | None = None,
+        tags: dict[str, str] | None = None,
+        module: Any = None,
+        snowflake_conn_id: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.model, self.name, self.registry, self.version = model, name, registry, version
+        self.metrics, self.tags, self.module = metrics, tags, module
+        self.snowflake_conn_id = snowflake_conn_id
+        self.storage_options = storage_options
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from shardtrain.model.registry import register_model
+
+        with optional_session(self.snowflake_conn_id) as session:
+            registered = register_model(
+                self.model,
+                name=self.name,
+                registry=self.registry,
+                version=self.version,
+                metrics=self.metrics,
+                tags=self.tags,
+                session=session,
+                storage_options=self.storage_options,
+                module=resolve_module(self.module),
+            )
+        self.log.info(
+            "registered model: %s version %s (%s) from %s",
+            registered.name,
+            registered.version,
+            registered.model_uri,
+            registered.source_uri,
+        )
+        return registered.to_dict()

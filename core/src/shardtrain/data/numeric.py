@@ -1,0 +1,112 @@
+"""Numeric columns for the trainers: the checks made before any worker starts, and Arrow
+batches turned into float32 numpy (features matrix, label) on the workers, without pandas."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from shardtrain.data.source import check_unique_columns
+from shardtrain.errors import EmptyDataError, SchemaError, missing_columns_error
+
+if TYPE_CHECKING:
+    from shardtrain.data.data_connector import DataConnector
+
+#: Rows per batch fed to XGBoost's DataIter / LightGBM's Dataset construction.
+TRAIN_BATCH_ROWS = 262_144
+
+
+def is_numeric(kind: pa.DataType) -> bool:
+    """Whether a column of this Arrow type can become a number (ints, floats, bools, decimals)."""
+    return (
+        pa.types.is_integer(kind)
+        or pa.types.is_floating(kind)
+        or pa.types.is_boolean(kind)
+        or pa.types.is_decimal(kind)
+    )
+
+
+def check_training_columns(
+    connector: DataConnector, input_cols: Sequence[str], label_col: str | None, name: str
+) -> dict[str, str]:
+    """Refuse bad column choices before any worker starts; returns {column: Arrow type}."""
+    if isinstance(input_cols, str) or not input_cols:
+        raise SchemaError(
+            f"input_cols must be a non-empty list of column names, got {input_cols!r}.",
+            column=None,
+            available=connector.columns,
+        )
+    input_cols = list(input_cols)
+    check_unique_columns(input_cols)
+    wanted = input_cols + ([label_col] if label_col is not None else [])
+    missing = [c for c in wanted if c not in connector.columns]
+    if missing:
+        raise missing_columns_error(missing, connector.columns)
+    if label_col is not None and label_col in input_cols:
+        raise SchemaError(
+            f"the label column {label_col!r} is also in input_cols; a model "
+            "cannot learn from its own label. Remove it from input_cols.",
+            column=label_col,
+            available=connector.columns,
+        )
+    for column in wanted:
+        kind = connector.schema.field(column).type
+        if not is_numeric(kind):
+            raise SchemaError(
+                f"column {column!r} of the {name} data has type {kind}; the trainers take "
+                "numeric columns only (encode categories and cast decimals first).",
+                column=column,
+                available=connector.columns,
+            )
+    if connector.num_rows == 0:
+        raise EmptyDataError(f"the {name} data has no rows.", num_rows=0)
+    return {c: str(connector.schema.field(c).type) for c in input_cols}
+
+
+def matrix_batches(
+    connector: DataConnector,
+    input_cols: list[str],
+    label_col: str | None,
+    batch_rows: int = TRAIN_BATCH_ROWS,
+) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """(features float32 [n, k], label float32 [n]) per batch, straight from Arrow."""
+    columns = input_cols + ([label_col] if label_col is not None else [])
+    for batch in connector.iter_batches(batch_rows, columns=columns):
+        features = np.empty((batch.num_rows, len(input_cols)), dtype=np.float32)
+        for j, column in enumerate(input_cols):
+            features[:, j] = to_numpy(batch.column(column))
+        label = None
+        if label_col is not None:
+            array = batch.column(label_col)
+            if array.null_count:
+                raise SchemaError(
+                    f"the label column {label_col!r} has {array.null_count} null value(s) in "
+                    "this shard; drop or fill those rows before training.",
+                    column=label_col,
+                    available=connector.columns,
+                )
+            label = to_numpy(array).astype(np.float32, copy=False)
+        yield features, label
+
+
+def shard_matrix(
+    connector: DataConnector, input_cols: list[str], label_col: str | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A whole shard as one float32 feature matrix and label, filled from Arrow batches."""
+    features, labels = [], []
+    for x, y in matrix_batches(connector, input_cols, label_col):
+        features.append(x)
+        labels.append(y)
+    matrix = np.concatenate(features) if features else np.empty((0, len(input_cols)), np.float32)
+    label = np.concatenate(labels) if labels else np.empty((0,), np.float32)
+    return matrix, label
+
+
+def to_numpy(array: pa.Array) -> np.ndarray:
+    """One Arrow column as numpy (decimals and bools as float64; nulls as NaN)."""
+    if pa.types.is_decimal(array.type) or pa.types.is_boolean(array.type):
+        array = array.cast(pa.float64())
+    return array.to_numpy(zero_copy_only=False)

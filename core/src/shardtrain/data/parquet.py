@@ -1,0 +1,188 @@
+"""Parquet files as a source: a file, a folder or a glob; local or any fsspec URL."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from typing import Any
+
+import pyarrow as pa
+
+from shardtrain.data.source import Source, slice_batches
+from shardtrain.errors import DataSourceError, SchemaError
+
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@]*@")
+
+
+def _redact_url(url: str) -> str:
+    return _URL_CREDENTIALS.sub("", url)
+
+
+class ParquetSource(Source):
+    """Parquet files read with pyarrow; row groups are the units (footers read, not data).
+
+    Args:
+        path: a file, a folder, or a glob; a local path or an fsspec URL (``s3://``, ...).
+        filesystem: an fsspec or pyarrow filesystem to read ``path`` with (optional).
+        storage_options: fsspec options (endpoint, credentials) when ``path`` is a URL.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        filesystem: Any = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        import pyarrow.parquet as pq
+
+        self._path = str(path)
+        self._fs_spec = _resolve_filesystem(self._path, filesystem, storage_options)
+        self._fs_pid = os.getpid()
+        self._files = _list_parquet_files(self._fs, self._path)
+        self._file_rowgroups: list[list[int]] = []
+        schema = None
+        for file in self._files:
+            try:
+                with self._fs.open_input_file(file) as handle:
+                    meta = pq.ParquetFile(handle).metadata
+                    file_schema = pq.ParquetFile(handle).schema_arrow
+            except (OSError, pa.ArrowInvalid) as exc:
+                raise DataSourceError(
+                    f"cannot read Parquet footer of {file!r}: {exc}. "
+                    "Check that the file is Parquet and readable.",
+                    path=file,
+                ) from exc
+            if schema is None:
+                schema = file_schema
+            elif not file_schema.equals(schema):
+                raise SchemaError(
+                    f"Parquet file {file!r} has schema {file_schema} but the first file has "
+                    f"{schema}; every file of one dataset must share its columns and types.",
+                    column=None,
+                    available=schema.names,
+                )
+            self._file_rowgroups.append(
+                [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+            )
+        self._schema = schema
+        self._unit_rows = [n for groups in self._file_rowgroups for n in groups]
+        # unit index -> (file index, row group index)
+        self._unit_location = [
+            (f, g) for f, groups in enumerate(self._file_rowgroups) for g in range(len(groups))
+        ]
+        super().__init__()
+
+    @property
+    def _fs(self):
+        """The pyarrow filesystem, rebuilt after a fork (s3fs and others are not fork-safe)."""
+        if self._fs_pid != os.getpid():
+            self._fs_spec = pickle.loads(pickle.dumps(self._fs_spec))
+            self._fs_pid = os.getpid()
+        return self._fs_spec
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "parquet",
+            "path": _redact_url(self._path),
+            "files": len(self._files),
+            "num_rows": self.num_rows,
+        }
+
+    def _read_range(self, start, stop, columns):
+        import pyarrow.parquet as pq
+
+        by_file: dict[int, list[tuple[int, int, int]]] = {}
+        for unit, lo, hi in self._units_in(start, stop):
+            file_index, group = self._unit_location[unit]
+            by_file.setdefault(file_index, []).append((group, lo, hi))
+        for file_index, groups in by_file.items():
+            with self._fs.open_input_file(self._files[file_index]) as handle:
+                reader = pq.ParquetFile(handle, pre_buffer=True)
+                # One row group per read: pre-buffering a whole file would hold all of it.
+                for group, lo, hi in groups:
+                    batches = reader.iter_batches(
+                        row_groups=[group], columns=columns, use_threads=True
+                    )
+                    yield from slice_batches(batches, lo, hi - lo)
+
+
+def _resolve_filesystem(path: str, filesystem: Any, storage_options: dict[str, Any] | None):
+    """A pyarrow filesystem for the path: native for local paths, fsspec-wrapped otherwise."""
+    from pyarrow import fs as pafs
+
+    if filesystem is not None:
+        if isinstance(filesystem, pafs.FileSystem):
+            return filesystem
+        return pafs.PyFileSystem(pafs.FSSpecHandler(filesystem))
+    if "://" not in path or path.startswith("file://"):
+        return pafs.LocalFileSystem()
+    import fsspec
+
+    try:
+        fs, _ = fsspec.core.url_to_fs(path, **(storage_options or {}))
+    except (ImportError, ValueError) as exc:
+        raise DataSourceError(
+            f"no filesystem for {_redact_url(path)!r}: {exc}. Install the fsspec "
+            "implementation for its scheme (s3fs for s3://, gcsfs for gs://, adlfs for abfs://).",
+            path=_redact_url(path),
+        ) from exc
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def _strip_scheme(path: str) -> str:
+    if path.startswith("file://"):
+        return path[len("file://") :]
+    return path.split("://", 1)[1] if "://" in path else path
+
+
+def _list_parquet_files(fs, path: str) -> list[str]:
+    from pyarrow import fs as pafs
+
+    target = _strip_scheme(path)
+    try:
+        info = fs.get_file_info(target)
+    except OSError as exc:
+        raise DataSourceError(
+            f"cannot reach {_redact_url(path)!r}: {exc}", path=_redact_url(path)
+        ) from exc
+    if info.type == pafs.FileType.File:
+        files = [target]
+    elif info.type == pafs.FileType.Directory:
+        selector = pafs.FileSelector(target, recursive=True)
+        files = [
+            i.path
+            for i in fs.get_file_info(selector)
+            if i.type == pafs.FileType.File and not _is_hidden(i.path, target)
+        ]
+    elif any(ch in target for ch in "*?["):
+        files = _glob(fs, target)
+    else:
+        raise DataSourceError(
+            f"Parquet path {_redact_url(path)!r} does not exist; give a Parquet file, a "
+            "folder of Parquet files, or a glob such as 'data/*.parquet'.",
+            path=_redact_url(path),
+        )
+    files = sorted(files)
+    if not files:
+        raise DataSourceError(
+            f"no Parquet files found at {_redact_url(path)!r}.", path=_redact_url(path)
+        )
+    return files
+
+
+def _is_hidden(path: str, root: str) -> bool:
+    relative = path[len(root) :].lstrip("/")
+    return any(part.startswith((".", "_")) for part in relative.split("/"))
+
+
+def _glob(fs, pattern: str) -> list[str]:
+    import fnmatch
+
+    from pyarrow import fs as pafs
+
+    root = re.split(r"[*?\[]", pattern, maxsplit=1)[0].rsplit("/", 1)[0] or "/"
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
+    return [
+        i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, pattern)
+    ]

@@ -1,0 +1,354 @@
+"""What the gradient-boosting estimators (XGBoost, LightGBM) share: the fit on the run engine
+(checks, shards, rounds, metric history, checkpoints, publishing), results, and distributed
+prediction. Each framework adds how to resolve its parameters and launch its ranks; its
+model format comes from its spec in ``shardtrain.model.frameworks``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+
+from shardtrain.config import FailureConfig, GBDTScalingConfig, check_int
+from shardtrain.data.data_connector import DataConnector, as_connector
+from shardtrain.data.numeric import check_training_columns, matrix_batches
+from shardtrain.data.sharding import shard
+from shardtrain.errors import NotFittedError, ScalingConfigError
+from shardtrain.model.artifact import ModelArtifact
+from shardtrain.model.frameworks import FrameworkSpec
+from shardtrain.runtime import worker_group
+from shardtrain.runtime.cluster import connect
+from shardtrain.runtime.events import RoundMetrics, Snapshot
+from shardtrain.runtime.resources import WorkerShape
+from shardtrain.runtime.run import Checkpoint, Run, RunPlan, emit
+
+#: Metric history: ``{'train': {'rmse': [per round]}, 'eval': {...}}``.
+History = dict[str, dict[str, list[float]]]
+
+
+@dataclass(frozen=True)
+class BoostingPlan:
+    """A fit's resolved settings: booster params, rounds, early stopping, worker shape."""
+
+    params: dict[str, Any]
+    rounds: int
+    early_stopping_rounds: int | None
+    shape: WorkerShape
+
+
+@dataclass(frozen=True)
+class BoostingJob:
+    """What every rank of one attempt trains (pickled to each rank with its shards)."""
+
+    params: dict[str, Any]
+    num_boost_round: int
+    early_stopping_rounds: int | None
+    input_cols: list[str]
+    label_col: str | None
+    init_model: bytes | None
+    checkpoint_every: int
+
+
+@dataclass(frozen=True)
+class BoostingRankResult:
+    """One rank's outcome; rank 0's carries the model bytes."""
+
+    rows: int
+    best_iteration: int | None
+    data_seconds: float
+    training_seconds: float
+    model: bytes | None = None
+
+
+def truncate_history(history: History, rounds: int) -> History:
+    return {s: {m: v[:rounds] for m, v in ms.items()} for s, ms in history.items()}
+
+
+def append_history(history: History, event: RoundMetrics) -> None:
+    for set_name, metrics in event.metrics.items():
+        for metric, value in metrics.items():
+            history.setdefault(set_name, {}).setdefault(metric, []).append(value)
+
+
+def final_metrics(history: History) -> dict[str, dict[str, float]]:
+    return {s: {m: float(v[-1]) for m, v in ms.items() if v} for s, ms in history.items()}
+
+
+def check_thread_params(params: dict, keys: Sequence[str], cpus: float) -> None:
+    """Refuse thread counts above what each worker was given; drop them (we set our own)."""
+    for key in keys:
+        asked = params.pop(key, None)
+        if asked is not None and asked > cpus:
+            raise ScalingConfigError(
+                f"params[{key!r}]={asked} exceeds the {cpus:g} CPUs each worker has; "
+                "raise num_cpu_per_worker or drop the parameter.",
+                field=key,
+            )
+
+
+def pop_rounds(params: dict, default: int, aliases: Sequence[str]) -> int:
+    """The number of rounds: the last alias present in ``params`` wins over ``default``."""
+    rounds = default
+    for alias in aliases:
+        rounds = params.pop(alias, rounds)
+    return check_int(rounds, "n_estimators")
+
+
+def predict_rank(
+    reporter,
+    *,
+    predictor,
+    model: bytes,
+    shard: DataConnector,
+    input_cols: list[str],
+    output: str | None,
+    rank: int,
+    storage_options: dict | None,
+):
+    """One rank's predictions: in memory, or written as ``part-<rank>.parquet`` under output."""
+    predict_batch = predictor(model)
+    parts = [predict_batch(features) for features, _ in matrix_batches(shard, input_cols, None)]
+    predictions = np.concatenate(parts) if parts else np.empty((0,), dtype=np.float32)
+    if output is None:
+        return predictions
+    fs, root = url_to_fs(output, **(storage_options or {}))
+    fs.makedirs(root, exist_ok=True)
+    if predictions.ndim == 1:
+        table = pa.table({"prediction": predictions})
+    else:
+        table = pa.table(
+            {f"prediction_{i}": predictions[:, i] for i in range(predictions.shape[1])}
+        )
+    with fs.open(f"{root.rstrip('/')}/part-{rank:05d}.parquet", "wb") as handle:
+        pq.write_table(table, handle)
+    return len(predictions)
+
+
+class BoostingEstimator:
+    """What XGBEstimator and LightGBMEstimator share: the fit loop (checks, shards, restarts,
+    checkpoints, progress, publishing), results and distributed predict.
+
+    Subclasses set ``spec`` (their framework's spec) and implement ``_resolve`` (params,
+    rounds, early stopping, worker shape) and ``_launch`` (run the ranks on a leased group).
+    """
+
+    spec: FrameworkSpec
+
+    def __init__(
+        self,
+        n_estimators: int,
+        objective: str,
+        params: dict[str, Any] | None,
+        scaling_config: GBDTScalingConfig,
+        failure_config: FailureConfig | None,
+    ) -> None:
+        self.n_estimators = n_estimators
+        self.objective = objective
+        self.params = dict(params or {})
+        self.scaling_config = scaling_config
+        self.failure_config = failure_config or FailureConfig()
+        self._booster = None
+        self._eval_results: History = {}
+        self._artifact: ModelArtifact | None = None
+        self._input_cols: list[str] | None = None
+
+    @property
+    def framework(self) -> str:
+        return self.spec.name
+
+    @property
+    def model_file(self) -> str:
+        return self.spec.model_file
+
+    # -- results ------------------------------------------------------------------------------
+    def get_booster(self):
+        """The trained booster (also returned by ``fit``)."""
+        return self._need(self._booster, "booster")
+
+    def get_eval_results(self) -> History:
+        """Global metrics per round: ``{'train': {'rmse': [...]}, 'eval': {...}}``."""
+        return self._eval_results
+
+    def get_artifact(self) -> ModelArtifact:
+        """Where ``fit`` published the model, and what it is."""
+        return self._need(self._artifact, "published model")
+
+    @staticmethod
+    def _need(value, what):
+        if value is None:
+            raise NotFittedError(f"fit() has not run yet: there is no {what}.")
+        return value
+
+    # -- fit ----------------------------------------------------------------------------------
+    def fit(
+        self,
+        dataset,
+        input_cols,
+        label_col,
+        eval_set=None,
+        verbose_eval=None,
+        *,
+        artifact_stage_location: str | None = None,
+        request_id: str | None = None,
+        session: Any = None,
+        storage_options: dict | None = None,
+    ):
+        """Train across the Ray cluster, publish the model, and return the booster.
+
+        Args:
+            dataset, eval_set: a DataConnector / ShardedDataConnector, pandas or Arrow table,
+                Snowpark DataFrame or Parquet path. A ``ShardedDataConnector(equal=True)``
+                gives every worker the same number of rows.
+            input_cols, label_col: feature columns and the label column (numeric).
+            verbose_eval: log global metrics every N rounds (True: every round).
+            artifact_stage_location: where to publish (default: the embedded local stage).
+            request_id: the published folder's name; a run retried with the same id resumes
+                from its checkpoints and republishes to the same location.
+            session, storage_options: how to reach a Snowflake or fsspec stage.
+        """
+        train = as_connector(dataset, "training")
+        input_types = check_training_columns(train, input_cols, label_col, "training")
+        evals = None
+        if eval_set is not None:
+            evals = as_connector(eval_set, "eval_set")
+            check_training_columns(evals, input_cols, label_col, "eval_set")
+        connect()
+        plan = self._resolve()
+        workers = plan.shape.num_workers
+        train_shards = shard(train, workers, "training")
+        eval_shards = shard(evals, workers, "eval_set") if evals is not None else [None] * workers
+        run = Run(
+            RunPlan.open(
+                artifact_stage_location,
+                request_id,
+                session=session,
+                storage_options=storage_options,
+                checkpoint_every=self.failure_config.checkpoint_frequency,
+                checkpoint_name=self.spec.model_file,
+            ),
+            self.failure_config,
+            unit="round",
+        )
+        history: History = {}
+        every = 1 if verbose_eval is True else (verbose_eval or 0)
+
+        def one_try(start: Checkpoint) -> list[BoostingRankResult]:
+            history.clear()
+            history.update(truncate_history(start.history, start.step))
+            job = BoostingJob(
+                params=plan.params,
+                num_boost_round=plan.rounds - start.step,
+                early_stopping_rounds=plan.early_stopping_rounds,
+                input_cols=list(input_cols),
+                label_col=label_col,
+                init_model=start.data,
+                checkpoint_every=self.failure_config.checkpoint_frequency,
+            )
+
+            def on_progress(events: list[RoundMetrics], snapshot: Snapshot | None) -> None:
+                for event in events:
+                    append_history(history, event)
+                    if every and (event.round % every == 0 or event.round == 1):
+                        emit(event.format())
+                if snapshot is not None:
+                    snap = truncate_history(history, snapshot.step)
+                    run.save(Checkpoint(snapshot.step, snapshot.data, snap))
+
+            with worker_group.lease(plan.shape) as group:
+                return self._launch(group, job, train_shards, eval_shards, on_progress, start.step)
+
+        results = run.execute(lambda start: self._retrying(lambda: one_try(start)))
+        emit(
+            "time per rank: "
+            + ", ".join(
+                f"rank {r}: {res.rows} rows, data {res.data_seconds:.2f} s, training "
+                f"{res.training_seconds:.2f} s"
+                for r, res in enumerate(results)
+            )
+        )
+        model_bytes = results[0].model
+        self._booster = self.spec.load(model_bytes)
+        self._eval_results = history
+        self._input_cols = list(input_cols)
+        num_rows = {"train": train.num_rows}
+        if evals is not None:
+            num_rows["eval"] = evals.num_rows
+        source = {"train": train.describe()}
+        if evals is not None:
+            source["eval"] = evals.describe()
+        self._artifact = run.plan.publish(
+            self.spec.name,
+            lambda folder: (folder / self.spec.model_file).write_bytes(model_bytes),
+            metrics=final_metrics(history),
+            params={
+                **plan.params,
+                "n_estimators": plan.rounds,
+                "early_stopping_rounds": plan.early_stopping_rounds,
+            },
+            input_cols=list(input_cols),
+            input_types=input_types,
+            label_col=label_col,
+            num_rows=num_rows,
+            source=source,
+        )
+        return self._booster
+
+    def _retrying(self, attempt):
+        """Run one attempt; a framework may retry failures of its own set-up here."""
+        return attempt()
+
+    # -- predict ------------------------------------------------------------------------------
+    def predict(
+        self,
+        dataset,
+        *,
+        input_cols: list[str] | None = None,
+        output: str | None = None,
+        storage_options: dict | None = None,
+    ):
+        """Predict across the workers, each on its own shard.
+
+        Returns the predictions in the dataset's row order (numpy), or, with ``output`` (a
+        folder path or fsspec URL), writes ``part-<rank>.parquet`` files there and returns it.
+        Every row is predicted, whatever the connector's ``equal`` setting.
+        """
+        model = self.spec.dump(self.get_booster())
+        input_cols = list(input_cols or self._input_cols or [])
+        data = as_connector(dataset, "prediction")
+        check_training_columns(data, input_cols, None, "prediction")
+        connect()
+        shape = self._resolve().shape
+        shape = replace(shape, num_workers=min(shape.num_workers, data.num_rows))
+        shards = shard(data, shape.num_workers, "prediction", equal=False)
+        with worker_group.lease(shape) as group:
+            results = group.run(
+                predict_rank,
+                [
+                    dict(
+                        predictor=self.spec.predictor,
+                        model=model,
+                        shard=shards[rank],
+                        input_cols=input_cols,
+                        output=output,
+                        rank=rank,
+                        storage_options=storage_options,
+                    )
+                    for rank in range(shape.num_workers)
+                ],
+            )
+        if output is not None:
+            return output
+        return np.concatenate(results)
+
+    # -- per framework ------------------------------------------------------------------------
+    def _resolve(self) -> BoostingPlan:
+        raise NotImplementedError
+
+    def _launch(self, group, job, train_shards, eval_shards, on_progress, done):
+        raise NotImplementedError

@@ -1,0 +1,182 @@
+"""The run engine every trainer shares (XGBoost, LightGBM, PyTorch): where a run publishes
+and checkpoints (``RunPlan``), its latest checkpoint and the restarts after a worker death
+(``Run``), and the one path by which a trained model reaches the stage (``RunPlan.publish``).
+
+A trainer supplies one *attempt*: lease a worker group, run its ranks from a given
+``Checkpoint``, and hand the driver its events and snapshots. The engine runs it again from
+the latest checkpoint after each worker death, up to ``FailureConfig.max_failures``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from shardtrain.config import FailureConfig
+from shardtrain.errors import WorkerDiedError
+from shardtrain.model.artifact import ModelArtifact, new_request_id
+from shardtrain.model.frameworks import spec
+from shardtrain.model.publish import publish_model
+from shardtrain.stage import open_stage
+from shardtrain.stage.base import Stage
+
+logger = logging.getLogger("shardtrain")
+T = TypeVar("T")
+
+
+def emit(message: str) -> None:
+    """Progress for people: through logging when the app configured it, else printed
+    (as xgboost's own ``verbose_eval`` does)."""
+    if logging.getLogger().handlers or logger.handlers:
+        logger.info(message)
+    else:
+        print(message, flush=True)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a run resumes: the step reached (boosting round, or checkpoint count), the model
+    or checkpoint bytes (None: from scratch) and the metric history up to that step."""
+
+    step: int = 0
+    data: bytes | None = None
+    history: dict[str, Any] = field(default_factory=dict)
+
+
+#: Checkpoints of a run live in ``<stage>/checkpoints/<request_id>/`` until it publishes.
+CHECKPOINTS_DIR = "checkpoints"
+
+
+class CheckpointStore:
+    """The latest checkpoint of a run, on the run's stage: ``checkpoints/<request_id>/``.
+
+    The model bytes go first and ``state.json`` (step reached, metric history) last, so a
+    reader never pairs a state with the wrong model.
+    """
+
+    def __init__(self, stage: Stage, request_id: str, model_name: str) -> None:
+        self.stage = stage
+        self.base = f"{CHECKPOINTS_DIR}/{request_id}"
+        self.model_name = model_name
+
+    def load(self) -> Checkpoint:
+        if not self.stage.exists(f"{self.base}/state.json"):
+            return Checkpoint()
+        state = json.loads(self.stage.read_bytes(f"{self.base}/state.json"))
+        data = self.stage.read_bytes(f"{self.base}/{state['file']}")
+        return Checkpoint(int(state["step"]), data, state.get("history", {}))
+
+    def save(self, checkpoint: Checkpoint) -> None:
+        name = f"{checkpoint.step:08d}-{self.model_name}"
+        self.stage.write_bytes(f"{self.base}/{name}", checkpoint.data or b"")
+        state = {
+            "step": checkpoint.step,
+            "file": name,
+            "history": checkpoint.history,
+            "saved_at": time.time(),  # retention (runtime.retention) ages leftovers by it
+        }
+        self.stage.write_bytes(f"{self.base}/state.json", json.dumps(state).encode())
+
+    def clear(self) -> None:
+        self.stage.delete(self.base)
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Where a run publishes (``stage``, ``request_id``) and checkpoints (None: it does not)."""
+
+    stage: Stage
+    request_id: str
+    checkpoints: CheckpointStore | None
+
+    @classmethod
+    def open(
+        cls,
+        artifact_stage_location: str | None,
+        request_id: str | None,
+        *,
+        session: Any = None,
+        storage_options: dict | None = None,
+        checkpoint_every: int = 0,
+        checkpoint_name: str = "checkpoint",
+    ) -> RunPlan:
+        """Open the stage; a new request id when None; checkpoints when ``checkpoint_every``."""
+        stage = open_stage(
+            artifact_stage_location, session=session, storage_options=storage_options
+        )
+        request_id = request_id or new_request_id()
+        store = CheckpointStore(stage, request_id, checkpoint_name) if checkpoint_every else None
+        return cls(stage, request_id, store)
+
+    def publish(
+        self, framework: str, write: Callable[[Path], None], **metadata: Any
+    ) -> ModelArtifact | None:
+        """Publish what ``write(folder)`` puts in an empty folder, then drop the checkpoints.
+
+        The framework's spec names the model file among the files. Returns None, keeping the
+        checkpoints, when ``write`` wrote nothing.
+        """
+        with tempfile.TemporaryDirectory(prefix="shardtrain-publish-") as tmp:
+            folder = Path(tmp)
+            write(folder)
+            files = sorted(
+                p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()
+            )
+            if not files:
+                return None
+            artifact = publish_model(
+                folder,
+                framework=framework,
+                stage=self.stage,
+                request_id=self.request_id,
+                model_file=spec(framework).model_file_in(files),
+                **metadata,
+            )
+        if self.checkpoints is not None:
+            self.checkpoints.clear()
+        return artifact
+
+
+class Run:
+    """One fit or run: its plan, the latest checkpoint, and the restarts.
+
+    ``unit`` names a checkpoint's step in messages (``"round"``, ``"checkpoint"``).
+    """
+
+    def __init__(self, plan: RunPlan, failure_config: FailureConfig, unit: str) -> None:
+        self.plan = plan
+        self.failure_config = failure_config
+        self.unit = unit
+        self.latest = plan.checkpoints.load() if plan.checkpoints else Checkpoint()
+        if self.latest.step:
+            emit(f"resuming {plan.request_id} from its checkpoint at {unit} {self.latest.step}")
+
+    def save(self, checkpoint: Checkpoint) -> None:
+        """Make ``checkpoint`` the one a restart resumes from, and store it when the run
+        checkpoints to its stage."""
+        self.latest = checkpoint
+        if self.plan.checkpoints is not None:
+            self.plan.checkpoints.save(checkpoint)
+
+    def execute(self, attempt: Callable[[Checkpoint], T]) -> T:
+        """``attempt(latest)``, run again from the latest checkpoint after each worker death,
+        up to ``max_failures`` times; any other error, or one death too many, propagates."""
+        failures = 0
+        limit = self.failure_config.max_failures
+        while True:
+            try:
+                return attempt(self.latest)
+            except WorkerDiedError as exc:
+                failures += 1
+                if failures > limit:
+                    raise
+                emit(
+                    f"{exc} Restarting the worker group ({failures}/{limit}) from "
+                    f"{self.unit} {self.latest.step}."
+                )

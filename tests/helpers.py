@@ -1,0 +1,57 @@
+"""Shared test helpers: small data sets, a local Snowflake connection, and a way to see which
+Snowpark sessions are still open. Fixtures that start services live in ``tests/conftest.py``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+FEATURES = ["A", "B", "C"]
+LABEL = "Y"
+
+
+def regression_table(rows: int = 400, seed: int = 0) -> pa.Table:
+    """A linear regression problem over FEATURES with label LABEL (float64 columns)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, len(FEATURES)))
+    y = x @ np.array([1.5, -2.0, 0.5]) + rng.normal(scale=0.1, size=rows)
+    return pa.table({**{f: x[:, i] for i, f in enumerate(FEATURES)}, LABEL: y})
+
+
+def write_regression(path: Path, rows: int = 400, seed: int = 0) -> str:
+    """``regression_table`` as one Parquet file at ``path``; returns the path as a string."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(regression_table(rows, seed), path)
+    return str(path)
+
+
+def local_snowflake_connections(*names: str) -> str:
+    """A ``SNOWFLAKE_CONNECTIONS`` value (connections.toml's content) whose connections run on
+    Snowpark's local emulation: no live account is reachable from the tests."""
+    return "".join(
+        f'[{n}]\naccount = "local"\nuser = "tester"\nlocal_testing = true\n' for n in names
+    )
+
+
+def open_sessions() -> set:
+    """The Snowpark sessions open in this process right now (Snowpark's own registry, from
+    which ``Session.close`` removes a session)."""
+    from snowflake.snowpark import session
+
+    return set(session._active_sessions)
+
+
+@dataclass(frozen=True)
+class TaskInstanceIdentity:
+    """What a training operator reads from ``context['ti']``: a task instance's identity.
+    (A value, not a stand-in for behaviour: operators read nothing else from it.)"""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    map_index: int = -1
+    try_number: int = 1

@@ -190,8 +190,15 @@ def test_connection_form_is_declared_for_airflow_3_3(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads(result.stdout.strip().splitlines()[-1])
     assert info["hook"] == "shardtrain_airflow.hooks.ray.RayHook"
-    assert info["widgets"] == ["extra__ray__namespace", "extra__ray__runtime_env"]
-    assert info["behaviour"]["hidden_fields"] == ["schema", "login", "password"]
+    assert info["widgets"] == [
+        "extra__ray__job_server",
+        "extra__ray__namespace",
+        "extra__ray__python",
+        "extra__ray__runtime_env",
+        "extra__ray__snowflake_connection",
+    ]
+    assert info["behaviour"]["hidden_fields"] == ["schema", "login"]
+    assert info["behaviour"]["relabeling"]["password"].startswith("Job server token")
     assert info["behaviour"]["relabeling"]["host"].startswith("Address")
     assert "get_ui_field_behaviour" not in vars(RayHook)
 

@@ -57,13 +57,43 @@ def get_provider_info() -> dict:
                         "schema": {"type": ["string", "null"]},
                         "description": 'Ray runtime_env as JSON, e.g. {"pip": ["xgboost"]}.',
                     },
+                    "job_server": {
+                        "label": "Job server",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "The head's job server (dashboard) address, e.g. "
+                        "http://ray-head:8265: training runs as a Ray Job there (reattach, "
+                        "deferrable operators).",
+                    },
+                    "python": {
+                        "label": "Python on the cluster",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "Interpreter that runs the job (default: python).",
+                    },
+                    "snowflake_connection": {
+                        "label": "Snowflake connection on the cluster",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "Name of a connection in the cluster's "
+                        "connections.toml; jobs read Snowflake data with it.",
+                    },
                 },
                 "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "login", "password"],
-                    "relabeling": {"host": "Address (ray://host:10001, host:6379 or auto)"},
+                    "hidden-fields": ["schema", "login"],
+                    "relabeling": {
+                        "host": "Address (ray://host:10001, host:6379 or auto)",
+                        "password": "Job server token (if the cluster has token auth)",
+                    },
                     "placeholders": {"host": "ray://ray-head:10001", "port": "10001"},
                 },
             },
         ],
-        "extra-links": ["shardtrain_airflow.links.ModelLocationLink"],
+        "triggers": [
+            {
+                "integration-name": "shardtrain",
+                "python-modules": ["shardtrain_airflow.triggers.ray_job"],
+            },
+        ],
+        "extra-links": [
+            "shardtrain_airflow.links.ModelLocationLink",
+            "shardtrain_airflow.links.RayJobLink",
+        ],
     }

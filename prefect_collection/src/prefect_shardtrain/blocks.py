@@ -14,15 +14,17 @@ from typing import Any
 from prefect.blocks.core import Block
 from prefect.types import SecretDict
 from prefect_snowflake import SnowflakeCredentials
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from prefect_shardtrain.snowflake import snowpark_configs
+from shardtrain.errors import ConfigError
 from shardtrain.integrations import (
     closing_session,
     connect_ray,
     is_snowflake_stage,
     session_from_configs,
 )
+from shardtrain.jobs import JobTarget
 
 DOCS = "https://pypi.org/project/prefect-shardtrain/"  # the README, as the long description
 
@@ -50,10 +52,51 @@ class RayCluster(Block):
     runtime_env: dict[str, Any] | None = Field(
         default=None, description="Ray runtime environment (pip packages, env vars)."
     )
+    job_server: str | None = Field(
+        default=None,
+        description="The head's job server (dashboard) address, e.g. http://ray-head:8265: "
+        "training tasks run as Ray Jobs there and reattach to them on retry.",
+    )
+    job_server_token: SecretStr | None = Field(
+        default=None, description="Auth token of the job server, if it has token auth."
+    )
+    use_jobs: bool | None = Field(
+        default=None,
+        description="Run training as Ray Jobs (default: when job_server is set). With no "
+        "job_server, jobs go to this machine's long-lived local cluster.",
+    )
+    python: str = Field(default="python", description="Interpreter that runs jobs on the cluster.")
+    snowflake_connection: str | None = Field(
+        default=None,
+        description="Name of a Snowflake connection in the cluster's connections.toml: jobs "
+        "read Snowflake data with it (no credential travels with a job).",
+    )
 
     def connect(self) -> None:
         """Connect this process to the cluster (no-op when already connected)."""
         connect_ray(self.address, namespace=self.namespace, runtime_env=self.runtime_env)
+
+    def uses_jobs(self) -> bool:
+        """Whether training goes through Ray Jobs (``use_jobs``, else: a job server is set)."""
+        return bool(self.job_server) if self.use_jobs is None else self.use_jobs
+
+    def job_target(self) -> JobTarget:
+        """Where this cluster's jobs go: ``job_server``, else this machine's local cluster."""
+        if self.job_server:
+            token = self.job_server_token.get_secret_value() if self.job_server_token else None
+            return JobTarget(
+                address=self.job_server,
+                runtime_env=self.runtime_env or {},
+                python=self.python,
+                headers={"Authorization": f"Bearer {token}"} if token else {},
+            )
+        if self.address:
+            raise ConfigError(
+                "this RayCluster names an address but no job_server: set job_server (the "
+                "head's dashboard address, e.g. http://ray-head:8265) to run training as Ray "
+                "Jobs."
+            )
+        return JobTarget.local(runtime_env=self.runtime_env)
 
 
 class ModelStage(Block):

@@ -1,11 +1,16 @@
 """Prefect tasks: train on Ray and return the model's ``ModelArtifact``; register it.
 
 Each training task turns its arguments into a ``TrainingSpec`` and runs it with
-``shardtrain.integrations.run_training``; what stays here is Prefect's own: blocks, request
-ids from the flow and task run, logging to the run's log, and Prefect artifacts.
+``shardtrain.integrations.run_training`` in the task's process, or, when the ``RayCluster``
+block says so (``job_server`` / ``use_jobs``) or the task is given ``as_job=True``, submits it
+as a Ray Job: a retried task run reattaches to its job (the submission id derives from the
+request id), the job's log lines go to the run's log as they come, and the artifact is read
+from the stage's manifest. What stays here is Prefect's own: blocks, request ids from the
+flow and task run, logging to the run's log, and Prefect artifacts.
 """
 
 import contextlib
+import dataclasses
 import logging
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -26,6 +31,7 @@ from shardtrain.integrations import (
     resolve_module,
     run_training,
 )
+from shardtrain.jobs import submit
 from shardtrain.model.registry import RegisteredModel
 from shardtrain.model.registry import register_model as register
 
@@ -107,21 +113,25 @@ def _run(
     snowflake: SnowflakeBlock | None,
     train_func: Callable | None = None,
     held: Mapping[str, DataConnector] | None = None,
+    as_job: bool | None = None,
 ) -> ModelArtifact | None:
     """Open what the run needs (Ray, the stage's and the data's Snowpark sessions), run it,
     close the sessions whatever happens, and report the model in the run's log and artifacts."""
-    reads_snowflake = any(d.needs_session for d in spec.data.values())
     if stage.needs_session and not stage.has_snowflake:
         raise ConfigError(
             f"the stage {stage.uri!r} is a Snowflake stage: give the ModelStage "
             "snowflake_credentials (or local_testing=True)."
         )
+    cluster = ray_cluster or RayCluster()
+    if cluster.uses_jobs() if as_job is None else as_job:
+        return _run_as_job(spec, cluster=cluster, stage=stage, train_func=train_func, held=held)
+    reads_snowflake = any(d.needs_session for d in spec.data.values())
     if reads_snowflake and snowflake is None and not stage.has_snowflake:
         raise ConfigError(
             "the training data is a Snowflake table or query: pass snowflake= (a "
             "prefect-snowflake SnowflakeConnector or SnowflakeCredentials block) to the task."
         )
-    (ray_cluster or RayCluster()).connect()
+    cluster.connect()
     with contextlib.ExitStack() as opened:
         session = opened.enter_context(stage.open_session()) if stage.needs_session else None
         data_session = None
@@ -143,6 +153,41 @@ def _run(
             )
     if artifact is not None:
         get_run_logger().info("model published to %s", artifact.uri)
+        publish_artifacts(artifact)
+    return artifact
+
+
+def _run_as_job(
+    spec: TrainingSpec,
+    *,
+    cluster: RayCluster,
+    stage: ModelStage,
+    train_func: Callable | None,
+    held: Mapping[str, DataConnector] | None,
+) -> ModelArtifact | None:
+    """Submit (or reattach to) the run's Ray Job, forward its log, read the model back."""
+    if train_func is not None or held:
+        raise ConfigError(
+            "a Ray Job carries its run as plain data: give train_func as a dotted path "
+            "('package.module:function') and data as paths, tables or queries, not objects "
+            "held in this process."
+        )
+    spec = dataclasses.replace(spec, snowflake_connection=cluster.snowflake_connection)
+    spec.check_complete()
+    logger = get_run_logger()
+    handle = submit(spec, cluster.job_target())
+    verb = "reattached to" if handle.reattached else "submitted"
+    logger.info("%s Ray job %s: %s", verb, handle.submission_id, handle.dashboard_url)
+    create_markdown_artifact(
+        markdown=f"Ray job [`{handle.submission_id}`]({handle.dashboard_url})",
+        key=f"ray-job-{artifact_key(spec.request_id)}",
+        description="The Ray job training this model",
+    )
+    handle.wait(poll_s=1.0, on_log=lambda line: logger.info("[ray job] %s", line))
+    with stage.open_session() as session:
+        artifact = handle.result(session=session, storage_options=stage.options())
+    if artifact is not None:
+        logger.info("model published to %s", artifact.uri)
         publish_artifacts(artifact)
     return artifact
 
@@ -202,18 +247,22 @@ def train_xgboost(
     stage: ModelStage | None = None,
     verbose_eval: int | None = 10,
     snowflake: SnowflakeBlock | None = None,
+    as_job: bool | None = None,
 ) -> ModelArtifact:
     """Train XGBoost on Ray; returns the published model's ``ModelArtifact``.
 
     ``snowflake`` (a prefect-snowflake block) reads table and query data; without it, the
-    stage's Snowflake credentials do.
+    stage's Snowflake credentials do. ``as_job``: run as a Ray Job (default: as the
+    ``RayCluster`` block says).
     """
     stage = stage or ModelStage()
     spec, held = boosting_spec(
         "xgboost", data, input_cols, label_col, eval_data, params, n_estimators, objective,
         scaling_config, failure_config, stage, verbose_eval, request_id(),
     )  # fmt: skip
-    return _run(spec, ray_cluster=ray_cluster, stage=stage, snowflake=snowflake, held=held)
+    return _run(
+        spec, ray_cluster=ray_cluster, stage=stage, snowflake=snowflake, held=held, as_job=as_job
+    )
 
 
 @task(name="train_lightgbm", retries=0)
@@ -231,14 +280,18 @@ def train_lightgbm(
     stage: ModelStage | None = None,
     verbose_eval: int | None = 10,
     snowflake: SnowflakeBlock | None = None,
+    as_job: bool | None = None,
 ) -> ModelArtifact:
-    """Train LightGBM on Ray; returns the published model's ``ModelArtifact``."""
+    """Train LightGBM on Ray; returns the published model's ``ModelArtifact`` (``as_job``: as
+    ``train_xgboost``)."""
     stage = stage or ModelStage()
     spec, held = boosting_spec(
         "lightgbm", data, input_cols, label_col, eval_data, params, n_estimators, objective,
         scaling_config, failure_config, stage, verbose_eval, request_id(),
     )  # fmt: skip
-    return _run(spec, ray_cluster=ray_cluster, stage=stage, snowflake=snowflake, held=held)
+    return _run(
+        spec, ray_cluster=ray_cluster, stage=stage, snowflake=snowflake, held=held, as_job=as_job
+    )
 
 
 def pytorch_spec(
@@ -275,10 +328,12 @@ def train_pytorch(
     ray_cluster: RayCluster | None = None,
     stage: ModelStage | None = None,
     snowflake: SnowflakeBlock | None = None,
+    as_job: bool | None = None,
 ) -> ModelArtifact | None:
     """Run ``PyTorchDistributor`` on Ray; returns rank 0's published model artifact.
 
-    ``train_func`` is a callable or an importable dotted path (``pkg.module:func``).
+    ``train_func`` is a callable or an importable dotted path (``pkg.module:func``; a Ray
+    Job, ``as_job``, needs the dotted path).
     """
     stage = stage or ModelStage()
     spec, held = pytorch_spec(
@@ -291,6 +346,7 @@ def train_pytorch(
         snowflake=snowflake,
         train_func=None if isinstance(train_func, str) else train_func,
         held=held,
+        as_job=as_job,
     )
 
 

@@ -13,6 +13,7 @@ from airflow.sdk import BaseHook
 
 from shardtrain.errors import ConfigError
 from shardtrain.integrations import connect_ray
+from shardtrain.jobs import JobTarget
 
 
 def _extra(extra: dict[str, Any], name: str) -> Any:
@@ -27,6 +28,13 @@ class RayHook(BaseHook):
     Connection fields: ``host`` is the address (``ray://head:10001``, ``head:6379`` or
     ``auto``; a port in ``port`` is appended), extra ``namespace`` and ``runtime_env`` (JSON).
     Without a connection id, the embedded local Ray (or ``RAY_ADDRESS``) is used.
+
+    Ray Jobs: extra ``job_server`` is the cluster's job server (``http://head:8265``); with
+    it, training runs as a Ray Job by default. ``password`` holds the job server's auth token
+    when it has one (sent as a bearer header, never logged), extra ``python`` the interpreter
+    on the cluster, extra ``snowflake_connection`` the name of a Snowflake connection the
+    cluster knows (its connections.toml): the job reads Snowflake data with it, so no
+    credential travels with the job. Without a connection, jobs go to the local cluster.
     """
 
     conn_name_attr = "ray_conn_id"
@@ -65,3 +73,49 @@ class RayHook(BaseHook):
     def connect(self) -> None:
         """Connect this process to the connection's cluster (no-op when already connected)."""
         connect_ray(**self.settings())
+
+    def _job_fields(self) -> dict[str, Any]:
+        if not self.ray_conn_id:
+            return {}
+        conn = self.get_connection(self.ray_conn_id)
+        extra = conn.extra_dejson or {}
+        return {
+            "job_server": _extra(extra, "job_server"),
+            "python": _extra(extra, "python"),
+            "snowflake_connection": _extra(extra, "snowflake_connection"),
+            "use_jobs": _extra(extra, "use_jobs"),
+            "token": conn.password or None,
+            "has_address": bool(conn.host),
+        }
+
+    def uses_jobs(self) -> bool:
+        """Whether the connection asks for Ray Jobs (a job server, unless ``use_jobs`` is off)."""
+        fields = self._job_fields()
+        use = fields.get("use_jobs")
+        if isinstance(use, str):
+            use = use.strip().lower() in ("1", "true", "yes", "on")
+        return bool(fields.get("job_server")) if use is None else bool(use)
+
+    def snowflake_connection(self) -> str | None:
+        """The cluster-side Snowflake connection name a job reads Snowflake data with."""
+        return self._job_fields().get("snowflake_connection")
+
+    def job_target(self) -> JobTarget:
+        """Where this connection's jobs go: its ``job_server``, else the local cluster."""
+        fields = self._job_fields()
+        runtime_env = self.settings()["runtime_env"] or {}
+        if fields.get("job_server"):
+            token = fields.get("token")
+            return JobTarget(
+                address=fields["job_server"],
+                runtime_env=runtime_env,
+                python=fields.get("python") or "python",
+                headers={"Authorization": f"Bearer {token}"} if token else {},
+            )
+        if fields.get("has_address"):
+            raise ConfigError(
+                f"Ray connection {self.ray_conn_id!r} names a cluster address but no job "
+                "server: add the extra field job_server (the head's dashboard address, e.g. "
+                "http://head:8265) to run training as Ray Jobs."
+            )
+        return JobTarget.local(runtime_env=runtime_env)

@@ -1,5 +1,15 @@
-"""Training operators: each turns its (templated) arguments into a ``TrainingSpec`` and runs it
-with ``shardtrain.integrations.run_training``; the XCom is ``ModelArtifact.to_dict()``.
+"""Training operators: each turns its (templated) arguments into a ``TrainingSpec`` and runs it;
+the XCom is ``ModelArtifact.to_dict()`` whichever way it ran.
+
+Three ways to run, one result:
+
+- in process (the default without a job server): ``run_training`` in the worker's process;
+- as a Ray Job, waiting in the worker (``run_as_job=True``, or a ``ray`` connection with a
+  ``job_server``): the spec is submitted with a submission id derived from the request id, so
+  a retried or restarted task reattaches to its job instead of training twice;
+- deferred (``deferrable=True``, default ``[operators] default_deferrable``): the same job,
+  waited for by ``RayJobTrigger`` in the triggerer, which streams the job's log into the task
+  log; ``execute_complete`` reads the artifact from the stage's manifest.
 
 Operators own orchestration (connections, request ids, templating, links, kill); core owns
 the work, so nothing here builds an estimator.
@@ -7,6 +17,7 @@ the work, so nothing here builds an estimator.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,9 +25,17 @@ from airflow.sdk import BaseOperator
 
 from shardtrain.errors import ConfigError
 from shardtrain.integrations import TrainingSpec, request_id_from, run_training, shutdown_workers
+from shardtrain.integrations.spec import is_snowflake_stage
+from shardtrain.jobs import TERMINAL, JobHandle, submit
 from shardtrain_airflow.hooks.ray import RayHook
 from shardtrain_airflow.hooks.snowpark import optional_session
-from shardtrain_airflow.links import ModelLocationLink
+from shardtrain_airflow.links import RAY_JOB_XCOM, ModelLocationLink, RayJobLink
+from shardtrain_airflow.triggers.ray_job import RayJobTrigger
+
+try:  # Airflow 3.1+
+    from airflow.sdk.configuration import conf
+except ImportError:  # pragma: no cover - Airflow 3.0
+    from airflow.configuration import conf
 
 
 def request_id_for(ti: Any) -> str:
@@ -37,7 +56,7 @@ class TrainOperator(BaseOperator):
 
     framework: str = ""
     template_fields: Sequence[str] = ("artifact_stage_location",)
-    operator_extra_links = (ModelLocationLink(),)
+    operator_extra_links = (ModelLocationLink(), RayJobLink())
 
     def __init__(
         self,
@@ -48,9 +67,16 @@ class TrainOperator(BaseOperator):
         ray_conn_id: str | None = None,
         snowflake_conn_id: str | None = None,
         storage_options: dict[str, Any] | None = None,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        run_as_job: bool | None = None,
+        poll_interval: float = 2.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.deferrable = deferrable
+        self.run_as_job = run_as_job  # None: as the ray connection says (a job_server: jobs)
+        self.poll_interval = poll_interval
+        self._job: JobHandle | None = None
         self.scaling_config = scaling_config or {}
         self.failure_config = failure_config or {}
         self.artifact_stage_location = artifact_stage_location
@@ -76,15 +102,34 @@ class TrainOperator(BaseOperator):
             failure_config=self.failure_config,
             **self.spec_fields(),
         )
-        if spec.needs_session and not self.snowflake_conn_id:
+        if (
+            spec.needs_session
+            and not self.snowflake_conn_id
+            and not self._cluster_reads_snowflake()
+        ):
             raise ConfigError(
                 f"task {self.task_id!r} reads a Snowflake table or query or publishes to a "
                 "Snowflake stage, which needs a Snowpark session: set snowflake_conn_id."
             )
         return spec
 
+    def _cluster_reads_snowflake(self) -> bool:
+        """A job whose cluster reads Snowflake with its own named connection needs no session
+        here, unless the model goes to a Snowflake stage this task must read back."""
+        if is_snowflake_stage(self.artifact_stage_location) or not self.uses_jobs():
+            return False
+        return bool(RayHook(self.ray_conn_id).snowflake_connection())
+
+    def uses_jobs(self) -> bool:
+        """Deferred, asked to, or told so by the ray connection (it names a job server)."""
+        if self.deferrable or self.run_as_job:
+            return True
+        return self.run_as_job is None and RayHook(self.ray_conn_id).uses_jobs()
+
     def execute(self, context: Any) -> dict[str, Any] | None:
         spec = self.training_spec(context)
+        if self.uses_jobs():
+            return self._execute_as_job(spec, context)
         conn_id = self.snowflake_conn_id if spec.needs_session else None
         with optional_session(conn_id) as session:
             RayHook(self.ray_conn_id).connect()
@@ -94,6 +139,61 @@ class TrainOperator(BaseOperator):
                 storage_options=self.storage_options,
                 train_func=self.train_callable(),
             )
+        return self._returned(artifact)
+
+    def _execute_as_job(self, spec: TrainingSpec, context: Any) -> dict[str, Any] | None:
+        if self.train_callable() is not None:
+            raise ConfigError(
+                f"task {self.task_id!r} runs as a Ray Job, which imports train_func on the "
+                "cluster: give it as a dotted path ('package.module:function'), not a function "
+                "object."
+            )
+        hook = RayHook(self.ray_conn_id)
+        spec = dataclasses.replace(spec, snowflake_connection=hook.snowflake_connection())
+        spec.check_complete()
+        target = hook.job_target()
+        self._job = handle = submit(spec, target)
+        self.log.info(
+            "%s Ray job %s: %s",
+            "reattached to" if handle.reattached else "submitted",
+            handle.submission_id,
+            handle.dashboard_url,
+        )
+        context["ti"].xcom_push(
+            key=RAY_JOB_XCOM,
+            value={"submission_id": handle.submission_id, "dashboard_url": handle.dashboard_url},
+        )
+        if self.deferrable and handle.status() not in TERMINAL:
+            self.defer(
+                trigger=RayJobTrigger(
+                    submission_id=handle.submission_id,
+                    spec=handle.spec.to_dict(),
+                    ray_conn_id=self.ray_conn_id,
+                    poll_interval=self.poll_interval,
+                ),
+                method_name="execute_complete",
+            )
+        handle.wait(poll_s=self.poll_interval, on_log=self._job_log)
+        return self._collect(handle)
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any] | None:
+        """Back from the triggerer: the job ended; its model comes from the stage."""
+        spec = TrainingSpec.from_dict(event["spec"])
+        handle = JobHandle(event["submission_id"], spec, RayHook(self.ray_conn_id).job_target())
+        return self._collect(handle, event["status"])
+
+    def _collect(self, handle: JobHandle, status: str | None = None) -> dict[str, Any] | None:
+        handle.raise_for_status(status)
+        stage = handle.spec.artifact_stage_location
+        conn_id = self.snowflake_conn_id if is_snowflake_stage(stage) else None
+        with optional_session(conn_id) as session:
+            artifact = handle.result(session=session, storage_options=self.storage_options)
+        return self._returned(artifact)
+
+    def _job_log(self, line: str) -> None:
+        self.log.info("[ray job] %s", line)
+
+    def _returned(self, artifact: Any) -> dict[str, Any] | None:
         if artifact is None:
             self.log.warning("train_func saved no model under get_model_dir(): nothing published")
             return None
@@ -101,6 +201,11 @@ class TrainOperator(BaseOperator):
         return artifact.to_dict()
 
     def on_kill(self) -> None:
+        """The task is being killed (marked failed, cleared, timed out): stop the Ray job so
+        it publishes nothing, or tear down this process's workers."""
+        if self._job is not None:
+            self._job.cancel()
+            self.log.info("stopped Ray job %s", self._job.submission_id)
         shutdown_workers()
 
 

@@ -14,27 +14,71 @@ import pytest
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_home(tmp_path_factory):
-    """Keep every default location (stage, registry) inside the test session's temp dir."""
+    """Keep every default location (stage, registry, the local Ray head) inside the test
+    session's temp dir; a head that any test or subprocess started there is stopped at the end."""
     home = tmp_path_factory.mktemp("shardtrain_home")
     os.environ["SHARDTRAIN_HOME"] = str(home)
     yield home
+    # Every head a test started in its own home under this session's temp dir, then this one.
+    base = tmp_path_factory.getbasetemp()
+    for depth in ("*", "*/*", "*/*/*"):
+        for record in base.glob(f"{depth}/cluster/cluster.json"):
+            _stop_local_head(record.parent.parent)
+    _stop_local_head(home)
+
+
+def _stop_local_head(home) -> None:
+    import shutil
+
+    from shardtrain.runtime import local_cluster
+
+    os.environ["SHARDTRAIN_HOME"] = str(home)
+    local_cluster.stop()
+    link = home / "cluster" / "ray"  # Ray's temp dir is under /tmp when the home is long
+    if link.is_symlink():
+        shutil.rmtree(link.resolve(), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """One real local Ray for the whole session (ray.init costs ~8 s here)."""
+def ray_head(_isolated_home):
+    """The session's long-lived local Ray head (2 CPUs, dashboard and job server on), started
+    through ``local_cluster`` in the session's $SHARDTRAIN_HOME and stopped at the end.
+
+    Yields its ``LocalCluster`` record: ``job_client()`` reaches its job server, and every
+    process the tests start with this home joins the same head.
+    """
+    from shardtrain.runtime import local_cluster
+
+    saved = os.environ.get("SHARDTRAIN_CLUSTER_IDLE_S")
+    os.environ["SHARDTRAIN_CLUSTER_IDLE_S"] = "3600"  # outlives a long session; stopped below
+    try:
+        head = local_cluster.ensure(num_cpus=2)
+    finally:
+        if saved is None:
+            os.environ.pop("SHARDTRAIN_CLUSTER_IDLE_S")
+        else:
+            os.environ["SHARDTRAIN_CLUSTER_IDLE_S"] = saved
+    yield head
+    import ray
+
+    ray.shutdown()
+    _stop_local_head(_isolated_home)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_head):
+    """This test process joined to the session's local head (joining costs well under 1 s)."""
     import sys
 
     import ray
 
+    from shardtrain.runtime import local_cluster
+
     if not ray.is_initialized():
         # Workers import test modules by name (functions and actors defined in tests).
         paths = [p for p in sys.path if p and os.path.isdir(p)]
-        ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            configure_logging=False,
-            runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}},
+        local_cluster.join(
+            ray_head, runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
         )
     yield ray
     ray.shutdown()

@@ -1,5 +1,7 @@
-"""Connect to Ray: an explicit address, else ``RAY_ADDRESS``, else a running ``ray.init``,
-else start a local Ray (the embedded default: no dashboard unless asked).
+"""Connect to Ray: a running ``ray.init``, else an explicit address, else ``RAY_ADDRESS``, else
+the embedded default chosen by ``SHARDTRAIN_CLUSTER``: ``local`` (default) joins the machine's
+long-lived local head, starting it when none runs (see ``local_cluster``); ``private`` starts a
+Ray inside this process that stops with it.
 
 An unreachable address fails within seconds with a ``ClusterError``; ``ray.init`` alone can
 wait a long time on a dead GCS address.
@@ -11,7 +13,9 @@ import os
 import socket
 from typing import Any
 
+from shardtrain import env
 from shardtrain.errors import ClusterError
+from shardtrain.runtime import local_cluster
 
 #: Seconds to wait for a TCP connection to a remote Ray address before giving up.
 PROBE_TIMEOUT_S = 5.0
@@ -44,7 +48,7 @@ def probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
         raise ClusterError(
             f"cannot reach Ray at {address!r} ({exc}). Check that the cluster is up and the "
             "address and port are right (Ray Client listens on 10001, the GCS on 6379), or "
-            "leave the address unset to start a local Ray.",
+            "leave the address unset to use the local Ray head.",
             address=address,
         ) from exc
 
@@ -62,7 +66,8 @@ def connect(
         address: ``ray://host:port``, ``host:port`` or ``auto``; default ``RAY_ADDRESS``.
         namespace: Ray namespace for the actors this process creates.
         runtime_env: Ray runtime environment (pip packages, env vars, working dir).
-        include_dashboard: start the dashboard with a local Ray.
+        include_dashboard: start the dashboard with a private Ray (the shared local head
+            always runs one).
     """
     import ray
 
@@ -80,4 +85,19 @@ def connect(
                 f"could not join the Ray cluster at {address!r}: {exc}", address=address
             ) from exc
         return
-    ray.init(include_dashboard=include_dashboard, configure_logging=False, **options)
+    if env.CLUSTER.get() == "private":
+        ray.init(
+            address="local",  # never a head started elsewhere on the machine
+            include_dashboard=include_dashboard,
+            configure_logging=False,
+            **options,
+        )
+        return
+    head = local_cluster.ensure()
+    try:
+        local_cluster.join(head, **options)
+    except ClusterError:
+        if head.is_alive():
+            raise
+        # It stopped between the check and the join (idle stop, `shardtrain cluster stop`).
+        local_cluster.join(local_cluster.ensure(), **options)

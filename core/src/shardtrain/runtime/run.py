@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from shardtrain.config import FailureConfig
-from shardtrain.errors import WorkerDiedError
-from shardtrain.model.artifact import ModelArtifact, new_request_id
+from shardtrain.errors import StageError, WorkerDiedError
+from shardtrain.model.artifact import ModelArtifact, check_request_id, new_request_id
 from shardtrain.model.frameworks import spec
 from shardtrain.model.publish import publish_model
 from shardtrain.stage import open_stage
@@ -56,20 +56,48 @@ CHECKPOINTS_DIR = "checkpoints"
 class CheckpointStore:
     """The latest checkpoint of a run, on the run's stage: ``checkpoints/<request_id>/``.
 
-    The model bytes go first and ``state.json`` (step reached, metric history) last, so a
-    reader never pairs a state with the wrong model.
+    The model bytes go first and ``state.json`` (step reached, metric history, and what the
+    run is: ``of``) last, so a reader never pairs a state with the wrong model; the previous
+    checkpoint's bytes are removed once the new state names the new ones (only what resuming
+    needs is kept). A checkpoint is used only by a run of the same ``identity`` (parameters,
+    rounds, columns, data): a retry that changed any of it starts fresh, saying so.
     """
 
-    def __init__(self, stage: Stage, request_id: str, model_name: str) -> None:
+    def __init__(
+        self,
+        stage: Stage,
+        request_id: str,
+        model_name: str,
+        identity: dict[str, Any] | None = None,
+    ) -> None:
         self.stage = stage
         self.base = f"{CHECKPOINTS_DIR}/{request_id}"
         self.model_name = model_name
+        self.identity = _plain(identity or {})
 
     def load(self) -> Checkpoint:
         if not self.stage.exists(f"{self.base}/state.json"):
             return Checkpoint()
         state = json.loads(self.stage.read_bytes(f"{self.base}/state.json"))
-        data = self.stage.read_bytes(f"{self.base}/{state['file']}")
+        recorded = state.get("of")
+        if recorded != self.identity:
+            changed = sorted(
+                k
+                for k in set(self.identity) | set(recorded or {})
+                if (recorded or {}).get(k) != self.identity.get(k)
+            )
+            emit(
+                f"not resuming from the checkpoint in {self.stage.child_uri(self.base)} (at "
+                f"step {state.get('step')}): it is a checkpoint of a different run (changed: "
+                f"{', '.join(changed) or 'unrecorded'}); starting fresh."
+            )
+            self.clear()
+            return Checkpoint()
+        try:
+            data = self.stage.read_bytes(f"{self.base}/{state['file']}")
+        except (StageError, FileNotFoundError):  # replaced by a concurrent run of this id
+            emit(f"the checkpoint in {self.stage.child_uri(self.base)} is gone; starting fresh.")
+            return Checkpoint()
         return Checkpoint(int(state["step"]), data, state.get("history", {}))
 
     def save(self, checkpoint: Checkpoint) -> None:
@@ -79,12 +107,22 @@ class CheckpointStore:
             "step": checkpoint.step,
             "file": name,
             "history": checkpoint.history,
+            "of": self.identity,
             "saved_at": time.time(),  # retention (runtime.retention) ages leftovers by it
         }
         self.stage.write_bytes(f"{self.base}/state.json", json.dumps(state).encode())
+        for path in self.stage.list(self.base):
+            if path.rsplit("/", 1)[-1] not in (name, "state.json"):
+                self.stage.delete(path)
 
     def clear(self) -> None:
         self.stage.delete(self.base)
+
+
+def _plain(value: dict[str, Any]) -> dict[str, Any]:
+    """``value`` as JSON gives it back (tuples as lists, keys as strings), so a recorded
+    identity compares equal to the same identity built again."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
 @dataclass(frozen=True)
@@ -105,13 +143,19 @@ class RunPlan:
         storage_options: dict | None = None,
         checkpoint_every: int = 0,
         checkpoint_name: str = "checkpoint",
+        identity: dict[str, Any] | None = None,
     ) -> RunPlan:
-        """Open the stage; a new request id when None; checkpoints when ``checkpoint_every``."""
+        """Open the stage; a new request id when None; checkpoints when ``checkpoint_every``
+        (used again only by a run of the same ``identity``: see ``CheckpointStore``)."""
+        request_id = check_request_id(request_id) if request_id is not None else new_request_id()
         stage = open_stage(
             artifact_stage_location, session=session, storage_options=storage_options
         )
-        request_id = request_id or new_request_id()
-        store = CheckpointStore(stage, request_id, checkpoint_name) if checkpoint_every else None
+        store = (
+            CheckpointStore(stage, request_id, checkpoint_name, identity)
+            if checkpoint_every
+            else None
+        )
         return cls(stage, request_id, store)
 
     def publish(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -61,3 +64,32 @@ def test_malformed_address():
 def test_connect_reuses_a_running_ray(ray_cluster):
     cluster.connect(address=f"ray://127.0.0.1:{closed_port()}")  # already connected: no probe
     assert ray_cluster.is_initialized()
+
+
+@pytest.mark.slow
+def test_threads_of_one_process_connect_once(ray_head):
+    """Five threads asking for Ray at once (Prefect's task fan-out) end on one connection;
+    ray.init from two threads at once fails with 'called ray.init twice'."""
+    script = (
+        "import threading, ray\n"
+        "from shardtrain.runtime.cluster import connect\n"
+        "errors = []\n"
+        "def go():\n"
+        "    try:\n"
+        "        connect()\n"
+        "    except BaseException as exc:\n"
+        "        errors.append(repr(exc))\n"
+        "threads = [threading.Thread(target=go) for _ in range(5)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "print('ERRORS', errors, ray.get_runtime_context().gcs_address)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = [x for x in result.stdout.splitlines() if x.startswith("ERRORS")][-1]
+    assert line == f"ERRORS [] {ray_head.gcs_address}", result.stdout[-2000:]

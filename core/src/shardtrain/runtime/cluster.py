@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from typing import Any
 
 from shardtrain import env
@@ -53,6 +54,10 @@ def probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
         ) from exc
 
 
+#: Held while this process connects: ``ray.init`` from two threads at once starts two Rays.
+_CONNECTING = threading.Lock()
+
+
 def connect(
     address: str | None = None,
     *,
@@ -73,6 +78,26 @@ def connect(
 
     if ray.is_initialized():
         return
+    with _CONNECTING:  # threads of one process (Prefect's fan-out) connect once, not N times
+        if ray.is_initialized():
+            return
+        _connect(
+            address,
+            namespace=namespace,
+            runtime_env=runtime_env,
+            include_dashboard=include_dashboard,
+        )
+
+
+def _connect(
+    address: str | None,
+    *,
+    namespace: str | None,
+    runtime_env: dict[str, Any] | None,
+    include_dashboard: bool,
+) -> None:
+    import ray
+
     address = address or os.environ.get("RAY_ADDRESS") or None
     options: dict[str, Any] = {"namespace": namespace, "runtime_env": runtime_env}
     options = {k: v for k, v in options.items() if v is not None}

@@ -7,7 +7,11 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from shardtrain import load_model
+
+pytestmark = pytest.mark.slow  # the demo trains on real Ray
 
 
 def test_demo_trains_on_ray_and_prints_the_model_location(tmp_path):

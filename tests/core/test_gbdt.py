@@ -27,6 +27,8 @@ from shardtrain.modeling.distributors.lightgbm import LightGBMEstimator, LightGB
 from shardtrain.modeling.distributors.xgboost import XGBEstimator, XGBScalingConfig
 from shardtrain.runtime import worker_group
 
+pytestmark = pytest.mark.slow  # real Ray workers
+
 FEATURES = [f"F{i}" for i in range(8)]
 TWO = {"num_workers": 2, "num_cpu_per_worker": 1}
 

@@ -29,6 +29,8 @@ import json, os, sys, time
 t0 = time.monotonic()
 import ray
 from shardtrain.runtime.cluster import connect
+
+pytestmark = pytest.mark.slow  # starts and stops real Ray heads
 connect(runtime_env={"env_vars": {"SHARDTRAIN_PROBE": "from-runtime-env"}})
 joined_s = time.monotonic() - t0
 probe = ray.get(ray.remote(lambda: os.environ.get("SHARDTRAIN_PROBE")).remote())

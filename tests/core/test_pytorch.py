@@ -32,6 +32,8 @@ from shardtrain.modeling.distributors.pytorch import (
 )
 from shardtrain.runtime import worker_group
 
+pytestmark = pytest.mark.slow  # real Ray workers and DDP
+
 ROWS = 3000
 
 

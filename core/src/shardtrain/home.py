@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from shardtrain import env
 
 
 def shardtrain_home() -> Path:
-    """The embedded default's root folder (stage, registry, demo data)."""
-    return Path(os.environ.get("SHARDTRAIN_HOME") or Path.home() / ".shardtrain")
+    """The embedded default's root folder (stage, registry, demo data, the local cluster)."""
+    return Path(env.HOME.get() or Path.home() / ".shardtrain")

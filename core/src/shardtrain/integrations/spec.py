@@ -18,10 +18,11 @@ from typing import Any
 from shardtrain.errors import ConfigError
 from shardtrain.integrations.build import failure_config, scaling_config
 from shardtrain.model.artifact import check_request_id
+from shardtrain.model.frameworks import FRAMEWORKS, SPECS
 from shardtrain.stage.snowflake import parse_stage_uri
 
-FRAMEWORKS = ("xgboost", "lightgbm", "pytorch")
-BOOSTING = ("xgboost", "lightgbm")
+#: Tabular frameworks take train/eval data and columns; the others a train function.
+BOOSTING = tuple(name for name in FRAMEWORKS if SPECS[name].tabular)
 DATA_KINDS = ("table", "query", "path")
 
 #: Keys that hold credentials: a spec refuses them wherever they appear.

@@ -20,7 +20,9 @@ import psutil
 import pytest
 
 from shardtrain.cli import EXIT_NOT_RUNNING
-from shardtrain.runtime import cluster_monitor, local_cluster
+from shardtrain.runtime import cluster_monitor, local_cluster, processes
+
+pytestmark = pytest.mark.slow  # starts and stops real Ray heads
 
 # A driver: joins through the public connect(), reports where it landed, then waits for a
 # line on stdin before leaving (so a test decides how long it stays connected).
@@ -29,8 +31,6 @@ import json, os, sys, time
 t0 = time.monotonic()
 import ray
 from shardtrain.runtime.cluster import connect
-
-pytestmark = pytest.mark.slow  # starts and stops real Ray heads
 connect(runtime_env={"env_vars": {"SHARDTRAIN_PROBE": "from-runtime-env"}})
 joined_s = time.monotonic() - t0
 probe = ray.get(ray.remote(lambda: os.environ.get("SHARDTRAIN_PROBE")).remote())
@@ -58,7 +58,7 @@ def home(tmp_path, monkeypatch):
     # A head a failed test left without a record would have nothing to stop it: kill it here.
     leftovers = _gcs_servers(str(temp_dir))
     for gcs in leftovers:
-        local_cluster._kill_group(os.getpgid(gcs.pid), gcs.create_time())
+        processes.kill_group(os.getpgid(gcs.pid), gcs.create_time())
     assert not leftovers, "a head outlived its record"
     if record is not None:
         assert not _head_processes(record)

@@ -7,7 +7,32 @@ because they are raised inside Ray workers and re-raised on the driver.
 
 from __future__ import annotations
 
+import re
 from typing import Any
+from urllib.parse import unquote
+
+_URL_USERINFO = re.compile(r"(?<=://)[^/@\s'\"]*@")
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the ``user:password@`` of every URL in it removed (``s3://K:S@b/x`` ->
+    ``s3://b/x``): what a URI looks like wherever it is stored, logged or raised."""
+    return _URL_USERINFO.sub("", str(text))
+
+
+def scrub(text: Any, *urls: str) -> str:
+    """``text`` (an error message, say) with URLs redacted and every credential embedded in
+    ``urls`` masked, also where a library quoted it without its URL."""
+    text = redact_url(str(text))
+    secrets: set[str] = set()
+    for url in urls:
+        for match in _URL_USERINFO.finditer(str(url)):
+            userinfo = match.group(0)[:-1]
+            for part in (userinfo, *userinfo.split(":", 1)):
+                secrets |= {part, unquote(part)}
+    for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def _rebuild(cls: type[ShardtrainError], message: str, details: dict[str, Any]) -> ShardtrainError:
@@ -55,6 +80,11 @@ class ConfigError(ShardtrainError, ValueError):
     """An argument or configuration value is impossible (batch size 0, world size 0, ...)."""
 
 
+class MissingDependencyError(ShardtrainError, ImportError):
+    """An optional library is not installed. Attributes: ``module`` (its import name),
+    ``package`` (what to pip install) and ``extra`` (the shardtrain extra that provides it)."""
+
+
 class ClusterError(ShardtrainError, ConnectionError):
     """Ray cannot be reached or started at the given address."""
 
@@ -69,6 +99,11 @@ class StageError(ShardtrainError, ValueError):
 
 class ModelIntegrityError(StageError):
     """A published location is not a whole model: no manifest, or files that do not match it."""
+
+
+class PublishConflictError(StageError):
+    """Another publish of the same request id replaced this one before it finished (last
+    writer wins). Attributes: ``uri`` and ``winner`` (the attempt folder now published)."""
 
 
 class ScalingConfigError(ConfigError):

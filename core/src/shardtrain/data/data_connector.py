@@ -219,4 +219,9 @@ def as_connector(data: Any, name: str) -> DataConnector:
             f"{name} is required: give a DataConnector, a pandas or Arrow table, "
             "a Snowpark DataFrame or a Parquet path."
         )
+    if type(data).__name__ == "Series" and hasattr(data, "to_frame"):
+        raise ConfigError(
+            f"{name} is a pandas Series (one column); training needs the feature and label "
+            "columns: pass a DataFrame (series.to_frame() for one column)."
+        )
     return DataConnector.from_dataframe(data)

@@ -66,13 +66,64 @@ def check_training_columns(
     return {c: str(connector.schema.field(c).type) for c in input_cols}
 
 
+#: What an objective accepts as labels: ``(kind, num_class)``; kind is one of "any",
+#: "binary" ({0, 1}), "unit" ([0, 1]), "class" (integers 0..num_class-1), "nonnegative",
+#: "positive". Every kind refuses NaN and infinities.
+LabelRule = tuple[str, int]
+
+_RULE_TEXT = {
+    "binary": "0 or 1",
+    "unit": "between 0 and 1",
+    "class": "class indexes 0..{n}",
+    "nonnegative": ">= 0",
+    "positive": "> 0",
+}
+
+
+def check_labels(label: np.ndarray, label_col: str, rule: LabelRule, objective: str) -> None:
+    """Refuse labels the objective cannot learn from (and any non-finite one), naming the
+    column, the bad values and the worker's rank."""
+    from shardtrain.runtime.worker_context import current_worker
+
+    kind, num_class = rule
+    ok = np.isfinite(label)
+    if kind == "binary":
+        ok &= (label == 0) | (label == 1)
+    elif kind == "unit":
+        ok &= (label >= 0) & (label <= 1)
+    elif kind == "class" and num_class > 0:  # without num_class the framework says so
+        ok &= (label >= 0) & (label < num_class) & (label == np.floor(label))
+    elif kind == "nonnegative":
+        ok &= label >= 0
+    elif kind == "positive":
+        ok &= label > 0
+    if ok.all():
+        return
+    bad = label[~ok]
+    worker = current_worker()
+    where = f" on rank {worker.rank}" if worker is not None else ""
+    wanted = _RULE_TEXT.get(kind, "finite").format(n=num_class - 1)
+    raise SchemaError(
+        f"the label column {label_col!r} has {len(bad)} value(s){where} that objective "
+        f"{objective!r} cannot use (it takes finite labels, {wanted}): "
+        f"{sorted(set(bad.tolist()))[:5]}. Fix or drop those rows, or choose the objective "
+        "that fits the labels.",
+        column=label_col,
+        values=sorted(set(bad.tolist()))[:5],
+        rank=worker.rank if worker is not None else None,
+    )
+
+
 def matrix_batches(
     connector: DataConnector,
     input_cols: list[str],
     label_col: str | None,
     batch_rows: int = TRAIN_BATCH_ROWS,
+    label_rule: LabelRule | None = None,
+    objective: str = "",
 ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    """(features float32 [n, k], label float32 [n]) per batch, straight from Arrow."""
+    """(features float32 [n, k], label float32 [n]) per batch, straight from Arrow; labels
+    checked against ``label_rule`` when given."""
     columns = input_cols + ([label_col] if label_col is not None else [])
     for batch in connector.iter_batches(batch_rows, columns=columns):
         features = np.empty((batch.num_rows, len(input_cols)), dtype=np.float32)
@@ -89,15 +140,24 @@ def matrix_batches(
                     available=connector.columns,
                 )
             label = to_numpy(array).astype(np.float32, copy=False)
+            if label_rule is not None:
+                check_labels(label, label_col, label_rule, objective)
         yield features, label
 
 
 def shard_matrix(
-    connector: DataConnector, input_cols: list[str], label_col: str | None
+    connector: DataConnector,
+    input_cols: list[str],
+    label_col: str | None,
+    label_rule: LabelRule | None = None,
+    objective: str = "",
 ) -> tuple[np.ndarray, np.ndarray]:
     """A whole shard as one float32 feature matrix and label, filled from Arrow batches."""
     features, labels = [], []
-    for x, y in matrix_batches(connector, input_cols, label_col):
+    batches = matrix_batches(
+        connector, input_cols, label_col, label_rule=label_rule, objective=objective
+    )
+    for x, y in batches:
         features.append(x)
         labels.append(y)
     matrix = np.concatenate(features) if features else np.empty((0, len(input_cols)), np.float32)

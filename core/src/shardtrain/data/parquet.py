@@ -10,13 +10,11 @@ from typing import Any
 import pyarrow as pa
 
 from shardtrain.data.source import Source, slice_batches
-from shardtrain.errors import DataSourceError, SchemaError
-
-_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@]*@")
+from shardtrain.errors import DataSourceError, SchemaError, ShardtrainError, redact_url, scrub
 
 
 def _redact_url(url: str) -> str:
-    return _URL_CREDENTIALS.sub("", url)
+    return redact_url(url)
 
 
 class ParquetSource(Source):
@@ -34,9 +32,28 @@ class ParquetSource(Source):
         filesystem: Any = None,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
+        self._path = str(path)
+        try:
+            self._open(filesystem, storage_options)
+        except ShardtrainError as exc:
+            if scrub(exc.message, self._path) == exc.message:
+                raise
+            details = {
+                k: scrub(v, self._path) if isinstance(v, str) else v for k, v in exc.details.items()
+            }
+            raise type(exc)(scrub(exc.message, self._path), **details) from None
+        except Exception as exc:  # the filesystem's own errors (botocore, auth, network)
+            raise DataSourceError(
+                f"cannot read Parquet data at {_redact_url(self._path)!r}: {type(exc).__name__}:"
+                f" {scrub(exc, self._path)}. Check the path and the credentials "
+                "(storage_options, or the environment).",
+                path=_redact_url(self._path),
+            ) from None
+        super().__init__()
+
+    def _open(self, filesystem: Any, storage_options: dict[str, Any] | None) -> None:
         import pyarrow.parquet as pq
 
-        self._path = str(path)
         self._fs_spec = _resolve_filesystem(self._path, filesystem, storage_options)
         self._fs_pid = os.getpid()
         self._files = _list_parquet_files(self._fs, self._path)
@@ -71,7 +88,6 @@ class ParquetSource(Source):
         self._unit_location = [
             (f, g) for f, groups in enumerate(self._file_rowgroups) for g in range(len(groups))
         ]
-        super().__init__()
 
     @property
     def _fs(self):

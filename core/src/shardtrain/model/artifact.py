@@ -35,7 +35,11 @@ def request_id_from(identity: str, *, unique: str | None = None, prefix: str = "
 
 
 def check_request_id(request_id: str) -> str:
-    if not isinstance(request_id, str) or not _REQUEST_ID.match(request_id) or ".." in request_id:
+    if (
+        not isinstance(request_id, str)
+        or not _REQUEST_ID.fullmatch(request_id)  # match()'s '$' passes a trailing newline
+        or ".." in request_id
+    ):
         raise ConfigError(
             f"request_id {request_id!r} cannot name a folder: use 1-200 letters, digits, '.', "
             "'_' or '-', starting with a letter or digit.",
@@ -84,6 +88,15 @@ class ModelArtifact:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelArtifact:
         """The inverse of ``to_dict``; unknown keys (from newer versions) are ignored."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a ModelArtifact is read from a dict, got {type(data).__name__}.")
+        missing = [k for k in ("uri", "framework", "request_id") if k not in data]
+        if missing:
+            raise ConfigError(
+                f"not a ModelArtifact: the fields {missing} are missing (it has "
+                f"{sorted(data)[:20]}). Pass what publish_model or a training task returned.",
+                missing=missing,
+            )
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 

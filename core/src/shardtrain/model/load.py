@@ -5,6 +5,7 @@ models are UBJSON/JSON, LightGBM models text, torch state dicts load ``weights_o
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,10 @@ from shardtrain.stage import open_stage
 from shardtrain.stage.base import Stage, join
 
 __all__ = ["fetch_model", "fetched_model", "load_model", "read_manifest"]
+
+#: How long a reader waits for a model whose manifest names files not there (yet) before it
+#: calls the location broken; a republish that replaced it lets the reader retry at once.
+REPUBLISH_WAIT_S = 5.0
 
 
 def _location(artifact_or_uri: ModelArtifact | dict | str) -> tuple[str, ModelArtifact | None]:
@@ -44,10 +49,12 @@ def fetch_model(
     manifest's size and sha256; returns the manifest's ``ModelArtifact``."""
     uri, expected = _location(artifact_or_uri)
     stage = open_stage(uri, session=session, storage_options=storage_options)
-    retried = False
-    while True:  # once more if a concurrent republish swapped the files under this reader
+    uri = stage.uri  # as every message shows it: no credentials
+    local = Path(local_dir)
+    deadline = time.monotonic() + REPUBLISH_WAIT_S
+    while True:  # again while concurrent republishes swap the files under this reader
         manifest = read_manifest(stage)
-        artifact = ModelArtifact.from_dict(manifest)
+        artifact = _artifact(manifest, uri)
         if expected is not None and (
             expected.files != artifact.files or expected.request_id != artifact.request_id
         ):
@@ -56,29 +63,48 @@ def fetch_model(
                 "since); load it by its URI to get the current one.",
                 uri=uri,
             )
+        written: list[Path] = []
         try:
             for entry in artifact.files:
                 _download_verified(
-                    stage, join(manifest["attempt"], entry["path"]), entry, Path(local_dir)
+                    stage, join(manifest["attempt"], entry["path"]), entry, local, written
                 )
             return artifact
         except _MissingFile:
-            if retried or read_manifest(stage)["attempt"] == manifest["attempt"]:
+            for path in written:  # files of a replaced model: not to be mixed with the next
+                path.unlink(missing_ok=True)
+            current = read_manifest(stage)["attempt"]
+            if current == manifest["attempt"] and time.monotonic() > deadline:
                 raise ModelIntegrityError(
                     f"{uri} names files that are missing from the stage; publish again under "
                     "the same request_id.",
                     uri=uri,
                 ) from None
-            retried = True
+            if current == manifest["attempt"]:
+                time.sleep(0.05)
+
+
+def _artifact(manifest: dict[str, Any], uri: str) -> ModelArtifact:
+    try:
+        return ModelArtifact.from_dict(manifest)
+    except ConfigError as exc:
+        raise ModelIntegrityError(
+            f"{uri} has a manifest that is not a valid model record ({exc.message}); publish "
+            "the model again.",
+            uri=uri,
+        ) from None
 
 
 class _MissingFile(Exception):
     """Internal: a file the manifest names is not on the stage (never leaves this module)."""
 
 
-def _download_verified(stage: Stage, path: str, entry: dict[str, Any], local_dir: Path) -> None:
-    target = local_dir.joinpath(*entry["path"].split("/"))
+def _download_verified(
+    stage: Stage, path: str, entry: dict[str, Any], local_dir: Path, written: list[Path]
+) -> None:
+    target = local_dir.joinpath(*entry["path"].split("/"))  # a checked relative path
     target.parent.mkdir(parents=True, exist_ok=True)
+    written.append(target)
     try:
         stage.download_file(path, target)
     except (FileNotFoundError, StageError) as exc:

@@ -8,30 +8,47 @@ Layout of one published model::
 Each publish uploads into a fresh attempt folder and then swaps the manifest (one whole-file
 write), so a reader follows either the old manifest to the old files or the new manifest to
 the new files: never a mix. A publish that dies before its manifest leaves only an attempt
-folder no manifest names, and readers refuse a location without a manifest. Older attempts
-are removed after the swap where the backend can delete.
+folder no manifest names, and readers refuse a location without a manifest.
+
+Several publishes of one request id at once (a zombie try and its retry): **the last manifest
+written wins**. After writing its manifest a publisher reads it back; if another publisher's
+manifest replaced it meanwhile, it removes its own attempt folder and raises
+``PublishConflictError`` naming the winner, so a publisher that returns had its model
+published. Attempt folders are removed only when no manifest can name them again: the one a
+publisher saw published before its own swap, its own after losing, and those of publishers on
+this machine that are no longer running (their name records the process). Anything else that
+is left (rare: a concurrent publish that won and was replaced at once) is unread and goes with
+``shardtrain stage gc``.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
+import logging
+import os
 import platform
+import socket
 from pathlib import Path
 from typing import Any
 
-from shardtrain.errors import ConfigError
+from shardtrain.errors import ConfigError, PublishConflictError, StageError
 from shardtrain.model.artifact import ModelArtifact, check_request_id, new_request_id
 from shardtrain.model.frameworks import spec
 from shardtrain.model.manifest import (
     MANIFEST,
     MANIFEST_FORMAT,
     file_entry,
+    named_attempt,
     read_manifest,
     write_manifest,
 )
 from shardtrain.stage import open_stage
-from shardtrain.stage.base import Stage, join
+from shardtrain.stage.base import Stage, join, local_files
 from shardtrain.version import __version__
+
+logger = logging.getLogger("shardtrain")
 
 __all__ = ["MANIFEST", "MANIFEST_FORMAT", "library_versions", "publish_model", "read_manifest"]
 
@@ -74,7 +91,10 @@ def publish_model(
         stage = open_stage(stage, session=session, storage_options=storage_options)
     request_id = check_request_id(request_id) if request_id is not None else new_request_id()
     root = Path(local_dir)
-    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+    try:
+        files = local_files(root) if root.is_dir() else []
+    except StageError as exc:
+        raise ConfigError(exc.message, path=exc.details.get("path")) from None
     if not files:
         raise ConfigError(f"nothing to publish: {root} holds no files.", path=str(root))
     entries = [file_entry(p, p.relative_to(root).as_posix()) for p in files]
@@ -95,12 +115,27 @@ def publish_model(
         versions=versions,
         **metadata,
     )
-    attempt = f"attempt-{new_request_id()}"
-    stage.upload_dir(root, join(base, attempt))
+    before = named_attempt(stage, base)
+    attempt = _attempt_name()
+    prefix = join(base, attempt)
+    for path, entry in zip(files, entries, strict=True):
+        stage.upload_file(path, join(prefix, entry["path"]))
     _write_manifest(
         stage, base, {"format": MANIFEST_FORMAT, "attempt": attempt, **artifact.to_dict()}
     )
-    _remove_older_attempts(stage, base, attempt)
+    winner = named_attempt(stage, base)
+    replaced = {before} - {None, winner, attempt}
+    if winner != attempt:
+        _delete(stage, base, replaced | {attempt})
+        raise PublishConflictError(
+            f"another publish of request_id {request_id!r} replaced this one while it ran (the "
+            f"last one to write its manifest wins): {artifact.uri} now holds attempt {winner}, "
+            "not this model. If both published the same training there is nothing to do; "
+            "otherwise publish again, after the other has finished.",
+            uri=artifact.uri,
+            winner=winner,
+        )
+    _delete(stage, base, replaced | _abandoned(stage, base, attempt))
     return artifact
 
 
@@ -109,9 +144,58 @@ def _write_manifest(stage: Stage, base: str, manifest: dict[str, Any]) -> None:
     write_manifest(stage, base, manifest)
 
 
-def _remove_older_attempts(stage: Stage, base: str, current: str) -> None:
-    """Delete attempt folders older than ``current`` (a concurrent newer one is kept)."""
-    attempts = {p[len(base) + 1 :].split("/", 1)[0] for p in stage.list(base)}
-    for attempt in sorted(a for a in attempts if a.startswith("attempt-") and a < current):
-        if not stage.delete(join(base, attempt)):
-            return  # backend cannot delete (Snowpark local_testing): stale files stay unread
+@functools.cache
+def _host_tag() -> str:
+    """This machine, boot and process namespace, hashed: whose processes ``_alive`` sees."""
+    parts = [socket.gethostname()]
+    for read in (
+        lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+        lambda: os.readlink("/proc/self/ns/pid"),
+    ):
+        try:
+            parts.append(read())
+        except OSError:
+            parts.append("")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:8]
+
+
+def _attempt_name() -> str:
+    """``attempt-<UTC time>-<random>-<host tag>-<pid>``: time-sortable (retention ages it by
+    the time), and on this machine it tells whether its publisher still runs."""
+    return f"attempt-{new_request_id()}-{_host_tag()}-{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # not ours to signal: it exists
+        return True
+    return True
+
+
+def _abandoned(stage: Stage, base: str, current: str) -> set[str]:
+    """Attempt folders whose publisher ran on this machine and has stopped without its
+    manifest being current: nothing will ever name them."""
+    named = named_attempt(stage, base)
+    tag = _host_tag()
+    found = set()
+    for name in {p[len(base) + 1 :].split("/", 1)[0] for p in stage.list(base)}:
+        parts = name.split("-")
+        if name in (current, named) or not name.startswith("attempt-") or len(parts) != 5:
+            continue
+        host, pid = parts[3], parts[4]
+        if host == tag and pid.isdigit() and not _alive(int(pid)):
+            found.add(name)
+    return found
+
+
+def _delete(stage: Stage, base: str, attempts: set[str]) -> None:
+    """Housekeeping: what cannot be removed now stays unread until ``shardtrain stage gc``."""
+    for name in sorted(attempts):
+        try:
+            if not stage.delete(join(base, name)):
+                return  # backend cannot delete (Snowpark local_testing)
+        except (OSError, StageError) as exc:
+            logger.warning("could not remove %s: %s", stage.child_uri(join(base, name)), exc)

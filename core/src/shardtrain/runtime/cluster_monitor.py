@@ -76,7 +76,7 @@ def resources(record) -> dict[str, float]:
 
 def describe(record) -> dict[str, Any]:
     """What ``shardtrain cluster status`` shows: the record, resources, activity, idle timer."""
-    from shardtrain.runtime import local_cluster
+    from shardtrain.runtime import local_cluster, processes
 
     folder = Path(record.cluster_dir)
     info: dict[str, Any] = {
@@ -106,7 +106,7 @@ def describe(record) -> dict[str, Any]:
     else:
         info["idle_for_s"] = max(0.0, now - last_active)
         info["stops_in_s"] = max(0.0, record.idle_s - info["idle_for_s"])
-    info["monitor_alive"] = local_cluster._is_monitor(record.monitor_pid or -1)
+    info["monitor_alive"] = processes.is_monitor(record.monitor_pid or -1)
     return info
 
 

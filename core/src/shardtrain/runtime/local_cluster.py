@@ -28,7 +28,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from typing import Any
 from shardtrain import env
 from shardtrain.errors import ClusterError, ConfigError
 from shardtrain.home import shardtrain_home
+from shardtrain.runtime import processes
 
 RECORD = "cluster.json"
 LOCK = "cluster.lock"
@@ -49,7 +49,7 @@ MONITOR_STATE = "monitor.json"  # the idle monitor's last look: drivers, jobs, l
 START_LOG = "start.log"
 MONITOR_LOG = "monitor.log"
 #: Seconds a head gets to stop on SIGTERM before its process group is killed.
-STOP_GRACE_S = 3.0
+STOP_GRACE_S = processes.STOP_GRACE_S
 #: Tries at starting a head when a port chosen free is taken before Ray binds it.
 START_ATTEMPTS = 3
 #: Ray's Unix socket paths (``<temp>/session_<time>_<pid>/sockets/plasma_store``) must stay
@@ -104,7 +104,7 @@ class LocalCluster:
 
     def is_alive(self) -> bool:
         """True while the recorded GCS process runs (a zombie or a reused pid is dead)."""
-        return _process_matches(self.gcs_pid, self.gcs_started)
+        return processes.process_matches(self.gcs_pid, self.gcs_started)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -228,7 +228,7 @@ def _start(num_cpus: int | None) -> LocalCluster:
 def _launch(folder: Path, temp_dir: str, cpus: int, head_env: dict[str, str]):
     """Run ``ray start --head`` once: (pgid, gcs process, GCS address, dashboard port), or
     None when a port was taken meanwhile; ClusterError on any other failure."""
-    gcs_port, dashboard_port, client_port, agent_port = _free_ports(4)
+    gcs_port, dashboard_port, client_port, agent_port = processes.free_ports(4)
     command = [
         sys.executable,
         "-c",
@@ -266,10 +266,10 @@ def _launch(folder: Path, temp_dir: str, cpus: int, head_env: dict[str, str]):
         except subprocess.TimeoutExpired:
             code = None
     pgid = process.pid
-    gcs = _group_process(pgid, "gcs_server", started_at)
+    gcs = processes.group_process(pgid, "gcs_server", started_at)
     if code == 0 and gcs is not None and address_file.exists():
         return pgid, gcs, address_file.read_text().strip(), dashboard_port
-    _kill_group(pgid, started_at)
+    processes.kill_group(pgid, started_at)
     with open(log_path, "rb") as log:
         log.seek(offset)
         output = log.read().decode(errors="replace").lower()
@@ -320,81 +320,13 @@ def _head_env(token_path: Path) -> dict[str, str]:
 def _kill(record: LocalCluster) -> None:
     """Stop the monitor and every process of the head's group (never another Ray)."""
     monitor = record.monitor_pid
-    if monitor and monitor != os.getpid() and _is_monitor(monitor):
+    if monitor and monitor != os.getpid() and processes.is_monitor(monitor):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(monitor, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
-        while _is_monitor(monitor) and time.monotonic() < deadline:
+        while processes.is_monitor(monitor) and time.monotonic() < deadline:
             time.sleep(0.05)
-    _kill_group(record.head_pgid, record.started_at)
-
-
-def _kill_group(pgid: int, started_at: float) -> None:
-    """SIGTERM, then SIGKILL, the process group, if its processes are the ones we started."""
-    import psutil
-
-    def members() -> list[psutil.Process]:
-        found = []
-        for proc in psutil.process_iter(["pid", "create_time", "status"]):
-            try:
-                if (
-                    os.getpgid(proc.pid) == pgid
-                    and proc.info["status"] != psutil.STATUS_ZOMBIE
-                    and proc.info["create_time"] >= started_at - 5
-                ):
-                    found.append(proc)
-            except (ProcessLookupError, psutil.Error, OSError):
-                continue
-        return found
-
-    if not members():
-        return
-    for sig, wait_s in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, STOP_GRACE_S)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, sig)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if not members():
-                return
-            time.sleep(0.1)
-
-
-def _group_process(pgid: int, name: str, started_at: float):
-    import psutil
-
-    for proc in psutil.process_iter(["pid", "name", "create_time"]):
-        try:
-            if (
-                proc.info["name"] == name
-                and os.getpgid(proc.pid) == pgid
-                and proc.info["create_time"] >= started_at - 5
-            ):
-                return proc
-        except (ProcessLookupError, psutil.Error, OSError):
-            continue
-    return None
-
-
-def _process_matches(pid: int, started: float) -> bool:
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        return abs(proc.create_time() - started) < 1.0 and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _is_monitor(pid: int) -> bool:
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        return proc.status() != psutil.STATUS_ZOMBIE and any(
-            "cluster_monitor" in part for part in proc.cmdline()
-        )
-    except psutil.Error:
-        return False
+    processes.kill_group(record.head_pgid, record.started_at)
 
 
 # -- files under cluster/ ---------------------------------------------------------------------
@@ -485,19 +417,6 @@ def _temp_dir(folder: Path) -> str:
     if not preferred.is_symlink() and not preferred.exists():
         preferred.symlink_to(short)
     return str(short)
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _use_token(record: LocalCluster) -> None:

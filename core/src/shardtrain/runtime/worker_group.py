@@ -34,6 +34,12 @@ __all__ = ["Reporter", "WorkerDiedError", "WorkerGroup", "lease", "shutdown_work
 logger = logging.getLogger("shardtrain.runtime")
 
 POLL_INTERVAL_S = 0.05
+#: How long a warm group's actors have to answer before the group counts as dead.
+HEALTH_TIMEOUT_S = 10.0
+#: How long one placement try waits; between tries idle groups give way to the waiting fit.
+PLACEMENT_TRY_S = 1.0
+#: How often a queued fit looks again without being woken (resources freed elsewhere).
+QUEUE_RECHECK_S = 5.0
 #: After a rank fails, how long to look for a peer that died (the root cause) before reporting.
 DEATH_GRACE_S = 3.0
 
@@ -113,6 +119,10 @@ def _job_id() -> str:
     return ray.get_runtime_context().get_job_id()
 
 
+class _PlacementTimeout(ScalingConfigError):
+    """Internal: one placement try ran out of time (``lease`` decides whether to try again)."""
+
+
 class WorkerGroup:
     """``shape.num_workers`` actors in one placement group.
 
@@ -122,7 +132,11 @@ class WorkerGroup:
     """
 
     def __init__(
-        self, shape: WorkerShape, strategy: str = "SPREAD", workers_per_bundle: int = 1
+        self,
+        shape: WorkerShape,
+        strategy: str = "SPREAD",
+        workers_per_bundle: int = 1,
+        placement_timeout_s: float | None = None,
     ) -> None:
         import ray
         from ray.util.placement_group import placement_group, remove_placement_group
@@ -139,13 +153,16 @@ class WorkerGroup:
             [dict(bundle) for _ in range(shape.num_workers // workers_per_bundle)],
             strategy=strategy,
         )
-        timeout = env.PLACEMENT_TIMEOUT_S.get()
+        timeout = (
+            env.PLACEMENT_TIMEOUT_S.get() if placement_timeout_s is None else placement_timeout_s
+        )
         if not self._pg.wait(timeout_seconds=timeout):
             remove_placement_group(self._pg)
-            raise ScalingConfigError(
+            raise _PlacementTimeout(
                 f"could not reserve {shape.num_workers} workers x ({bundle}) within "
-                f"{timeout:g} s; the cluster has {cluster_shape().describe()} and "
-                f"{ray.available_resources()} free. Ask for less, or free the resources.",
+                "{waited} s; the cluster has "
+                f"{cluster_shape().describe()} and {ray.available_resources()} free. Ask for "
+                "less, or free the resources.",
                 field="num_workers",
             )
         self.workers = [
@@ -166,6 +183,16 @@ class WorkerGroup:
     @property
     def world_size(self) -> int:
         return len(self.workers)
+
+    def healthy(self, timeout_s: float = HEALTH_TIMEOUT_S) -> bool:
+        """Every actor answers (a warm worker may have been killed while idle)."""
+        import ray
+
+        try:
+            ray.get([w.info.remote() for w in self.workers], timeout=timeout_s)
+        except Exception:  # dead actor, lost node, no answer in time
+            return False
+        return True
 
     def run(
         self,
@@ -267,6 +294,9 @@ class WorkerGroup:
 # -- the warm pool -------------------------------------------------------------------------------
 
 _lock = threading.Lock()
+#: Notified whenever a leased group is given back (or dropped): queued fits look again.
+_released = threading.Condition(_lock)
+_placing = 0  # leases of this process creating a group right now
 _idle: list[tuple[WorkerGroup, float]] = []
 _busy: list[WorkerGroup] = []
 
@@ -276,10 +306,11 @@ def _idle_seconds() -> float:
 
 
 def _forget(group: WorkerGroup) -> None:
-    with _lock:
+    with _released:
         _idle[:] = [(g, t) for g, t in _idle if g is not group]
         if group in _busy:
             _busy.remove(group)
+        _released.notify_all()
 
 
 def _sweep() -> None:
@@ -295,34 +326,74 @@ def _sweep() -> None:
 def lease(
     shape: WorkerShape, strategy: str = "SPREAD", workers_per_bundle: int = 1
 ) -> Iterator[WorkerGroup]:
-    """A worker group of this shape: a warm one when the pool has it, else a new one."""
+    """A worker group of this shape: a healthy warm one when the pool has it, else a new one.
+
+    Idle groups of other shapes give way (their resources go to the new group). When other
+    fits of this process hold the workers it needs, the fit queues until one of them gives a
+    group back, so fits from several threads of one driver run one after another.
+    """
+    global _placing
     _sweep()
-    group = None
-    with _lock:
-        for i, (candidate, _) in enumerate(_idle):
-            if (candidate.shape, candidate.strategy, candidate.workers_per_bundle) == (
+    key = (shape, strategy, workers_per_bundle)
+    timeout = env.PLACEMENT_TIMEOUT_S.get()
+    deadline = time.monotonic() + timeout
+    while True:
+        with _lock:
+            index = next(
+                (
+                    i
+                    for i, (g, _) in enumerate(_idle)
+                    if (g.shape, g.strategy, g.workers_per_bundle) == key
+                ),
+                None,
+            )
+            group = _idle.pop(index)[0] if index is not None else None
+            others = [g for g, _ in _idle] if group is None else []
+            if group is None:
+                others_active = bool(_busy) or _placing > 0
+                _placing += 1
+            else:
+                _busy.append(group)  # leased: no other thread may take or sweep it
+        if group is not None:
+            if group.healthy():
+                break
+            logger.info("a warm worker group has a dead worker; starting a new one")
+            group.shutdown()
+            continue
+        for other in others:  # idle groups give way to a fit that needs their resources
+            other.shutdown()
+        try:
+            group = WorkerGroup(
                 shape,
                 strategy,
                 workers_per_bundle,
-            ):
-                group = candidate
-                del _idle[i]
-                break
-        others = [g for g, _ in _idle] if group is None else []
-    for other in others:  # a new shape needs their resources
-        other.shutdown()
-    if group is None:
-        group = WorkerGroup(shape, strategy, workers_per_bundle)
-    with _lock:
-        _busy.append(group)
+                placement_timeout_s=min(PLACEMENT_TRY_S, max(deadline - time.monotonic(), 0)),
+            )
+        except _PlacementTimeout as exc:
+            if others_active:  # queue behind the fits of this process: no deadline
+                deadline = time.monotonic() + timeout
+            elif time.monotonic() >= deadline:
+                raise ScalingConfigError(
+                    exc.message.format(waited=f"{timeout:g}"), **exc.details
+                ) from None
+            with _released:  # until a fit of this process gives a group back
+                _released.wait(QUEUE_RECHECK_S if others_active else 0.1)
+            continue
+        finally:
+            with _lock:
+                _placing -= 1
+        with _lock:
+            _busy.append(group)
+        break
     try:
         yield group
     finally:
-        with _lock:
+        with _released:
             if group in _busy:
                 _busy.remove(group)
             if group.alive:
                 _idle.append((group, time.monotonic()))
+            _released.notify_all()
         if group.alive:
             timer = threading.Timer(_idle_seconds() + 0.5, _sweep)
             timer.daemon = True

@@ -45,6 +45,36 @@ def normalize_path(path: str, *, allow_empty: bool = False) -> str:
     return stripped
 
 
+def local_files(root: str | os.PathLike) -> list[Path]:
+    """The files under a local folder, sorted, for uploading: a symbolic link is followed only
+    when it stays inside the folder (a link to a file elsewhere would publish that file)."""
+    root = Path(root)
+    real_root = root.resolve()
+    files = []
+    for folder, dirs, names in os.walk(root, followlinks=False):
+        for name in sorted(dirs + names):
+            path = Path(folder, name)
+            if not path.is_symlink():
+                if name in names:
+                    files.append(path)
+                continue
+            target = path.resolve()
+            if target != real_root and real_root not in target.parents:
+                raise StageError(
+                    f"{path} is a link to {target}, outside {root}: only files inside the "
+                    "folder are published. Copy the file into the folder instead.",
+                    path=str(path),
+                )
+            if target.is_dir():
+                raise StageError(
+                    f"{path} is a link to a folder; publish real folders only (copy it).",
+                    path=str(path),
+                )
+            if target.is_file():
+                files.append(path)
+    return sorted(files)
+
+
 def join(*parts: str) -> str:
     return "/".join(p for p in parts if p)
 
@@ -95,11 +125,15 @@ class Stage(ABC):
         if not root.is_dir():
             raise StageError(f"{root} is not a folder to upload.", path=str(root))
         written = []
-        for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        for file in local_files(root):
             target = join(prefix, file.relative_to(root).as_posix())
-            self._upload(file, normalize_path(target))
+            self.upload_file(file, target)
             written.append(target)
         return written
+
+    def upload_file(self, local: str | os.PathLike, path: str) -> None:
+        """Copy one local file to ``path`` (whole: readers never see part of it)."""
+        self._upload(Path(local), normalize_path(path))
 
     def download_file(self, path: str, local: str | os.PathLike) -> None:
         """Copy one stage file to a local path."""

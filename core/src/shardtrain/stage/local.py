@@ -66,10 +66,12 @@ class LocalStage(Stage):
             return [prefix]
         if not base.is_dir():
             return []
+        # os.walk skips folders another process removes meanwhile (rglob raises).
         return [
-            p.relative_to(self.root).as_posix()
-            for p in base.rglob("*")
-            if p.is_file() and _TEMP_MARK not in p.name
+            Path(folder, name).relative_to(self.root).as_posix()
+            for folder, _, names in os.walk(base)
+            for name in names
+            if _TEMP_MARK not in name
         ]
 
     def _delete(self, prefix):

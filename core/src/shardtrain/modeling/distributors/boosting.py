@@ -19,8 +19,8 @@ from shardtrain.config import FailureConfig, GBDTScalingConfig, check_int
 from shardtrain.data.data_connector import DataConnector, as_connector
 from shardtrain.data.numeric import check_training_columns, matrix_batches
 from shardtrain.data.sharding import shard
-from shardtrain.errors import NotFittedError, ScalingConfigError
-from shardtrain.model.artifact import ModelArtifact
+from shardtrain.errors import ConfigError, NotFittedError, ScalingConfigError, SchemaError
+from shardtrain.model.artifact import ModelArtifact, check_request_id
 from shardtrain.model.frameworks import FrameworkSpec
 from shardtrain.runtime import worker_group
 from shardtrain.runtime.cluster import connect
@@ -53,6 +53,7 @@ class BoostingJob:
     label_col: str | None
     init_model: bytes | None
     checkpoint_every: int
+    label_rule: tuple[str, int] = ("any", 0)  # what the objective takes (data.numeric)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,10 @@ class BoostingRankResult:
     data_seconds: float
     training_seconds: float
     model: bytes | None = None
+
+
+#: Thread counts follow the workers' CPUs: not part of what a checkpoint is of.
+_THREAD_KEYS = ("nthread", "num_threads", "n_jobs")
 
 
 def truncate_history(history: History, rounds: int) -> History:
@@ -139,6 +144,8 @@ class BoostingEstimator:
     """
 
     spec: FrameworkSpec
+    #: Characters the framework refuses in feature names (checked before training).
+    forbidden_name_chars: str = ""
 
     def __init__(
         self,
@@ -212,6 +219,10 @@ class BoostingEstimator:
                 from its checkpoints and republishes to the same location.
             session, storage_options: how to reach a Snowflake or fsspec stage.
         """
+        self.spec.require()  # on the driver, before any worker starts
+        if request_id is not None:
+            check_request_id(request_id)
+        input_cols = self._check_names(input_cols, label_col)
         train = as_connector(dataset, "training")
         input_types = check_training_columns(train, input_cols, label_col, "training")
         evals = None
@@ -231,6 +242,16 @@ class BoostingEstimator:
                 storage_options=storage_options,
                 checkpoint_every=self.failure_config.checkpoint_frequency,
                 checkpoint_name=self.spec.model_file,
+                identity={
+                    "framework": self.spec.name,
+                    "params": {k: v for k, v in plan.params.items() if k not in _THREAD_KEYS},
+                    "rounds": plan.rounds,
+                    "early_stopping_rounds": plan.early_stopping_rounds,
+                    "input_cols": list(input_cols),
+                    "label_col": label_col,
+                    "train": train.describe(),
+                    "eval": evals.describe() if evals is not None else None,
+                },
             ),
             self.failure_config,
             unit="round",
@@ -238,9 +259,13 @@ class BoostingEstimator:
         history: History = {}
         every = 1 if verbose_eval is True else (verbose_eval or 0)
 
-        def one_try(start: Checkpoint) -> list[BoostingRankResult]:
+        def one_try(start: Checkpoint) -> list[BoostingRankResult] | bytes:
             history.clear()
             history.update(truncate_history(start.history, start.step))
+            if start.data is not None and start.step >= plan.rounds:
+                # The driver stopped after the last checkpoint, before publishing.
+                emit(f"the checkpoint is at the last round ({start.step}): publishing it as is")
+                return start.data
             job = BoostingJob(
                 params=plan.params,
                 num_boost_round=plan.rounds - start.step,
@@ -249,6 +274,7 @@ class BoostingEstimator:
                 label_col=label_col,
                 init_model=start.data,
                 checkpoint_every=self.failure_config.checkpoint_frequency,
+                label_rule=self._label_rule(plan.params),
             )
 
             def on_progress(events: list[RoundMetrics], snapshot: Snapshot | None) -> None:
@@ -264,15 +290,18 @@ class BoostingEstimator:
                 return self._launch(group, job, train_shards, eval_shards, on_progress, start.step)
 
         results = run.execute(lambda start: self._retrying(lambda: one_try(start)))
-        emit(
-            "time per rank: "
-            + ", ".join(
-                f"rank {r}: {res.rows} rows, data {res.data_seconds:.2f} s, training "
-                f"{res.training_seconds:.2f} s"
-                for r, res in enumerate(results)
+        if isinstance(results, bytes):
+            model_bytes = results
+        else:
+            emit(
+                "time per rank: "
+                + ", ".join(
+                    f"rank {r}: {res.rows} rows, data {res.data_seconds:.2f} s, training "
+                    f"{res.training_seconds:.2f} s"
+                    for r, res in enumerate(results)
+                )
             )
-        )
-        model_bytes = results[0].model
+            model_bytes = results[0].model
         self._booster = self.spec.load(model_bytes)
         self._eval_results = history
         self._input_cols = list(input_cols)
@@ -298,6 +327,36 @@ class BoostingEstimator:
             source=source,
         )
         return self._booster
+
+    def _label_rule(self, params: dict[str, Any]) -> tuple[str, int]:
+        """What the objective takes as labels (see ``data.numeric.check_labels``)."""
+        return ("any", 0)
+
+    def _check_names(self, input_cols, label_col) -> list[str]:
+        """Column arguments the workers would refuse, refused here before anything starts."""
+        try:
+            names = None if isinstance(input_cols, str) else list(input_cols)
+        except TypeError:
+            names = None
+        if names is None or not all(isinstance(c, str) for c in names):
+            raise ConfigError(
+                f"input_cols must be a list of column names, got {input_cols!r}.",
+                field="input_cols",
+            )
+        if not isinstance(label_col, str) or not label_col:
+            raise ConfigError(
+                f"label_col must name the label column, got {label_col!r}.", field="label_col"
+            )
+        for column in names:
+            bad = sorted({c for c in column if c in self.forbidden_name_chars})
+            if bad or not column:
+                raise SchemaError(
+                    f"{self.spec.name} cannot use the feature name {column!r}: it refuses names "
+                    f"containing any of {' '.join(self.forbidden_name_chars)} (found "
+                    f"{' '.join(bad) or 'an empty name'}). Rename the column.",
+                    column=column,
+                )
+        return names
 
     def _retrying(self, attempt):
         """Run one attempt; a framework may retry failures of its own set-up here."""

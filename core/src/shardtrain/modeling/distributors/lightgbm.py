@@ -49,6 +49,7 @@ class LightGBMEstimator(BoostingEstimator):
     """
 
     spec = LIGHTGBM
+    forbidden_name_chars = '",:[]{}'
 
     def __init__(
         self,
@@ -99,6 +100,21 @@ class LightGBMEstimator(BoostingEstimator):
             )
         params["num_threads"] = int(shape.cpus)
         return BoostingPlan(params, rounds, early, shape)
+
+    def _label_rule(self, params):
+        objective = str(params.get("objective", ""))
+        num_class = int(params.get("num_class", params.get("num_classes", 0)) or 0)
+        if objective == "binary":
+            return ("binary", 0)
+        if objective in ("multiclass", "softmax", "multiclassova", "multiclass_ova", "ova"):
+            return ("class", num_class)
+        if objective in ("cross_entropy", "xentropy", "cross_entropy_lambda", "xentlambda"):
+            return ("unit", 0)
+        if objective in ("poisson", "tweedie"):
+            return ("nonnegative", 0)
+        if objective == "gamma":
+            return ("positive", 0)
+        return ("any", 0)
 
     def _retrying(self, attempt):
         # A reserved port is released a moment before LightGBM binds it; should another

@@ -153,11 +153,14 @@ def train_rank(
     allreduce = collective.StarAllreduce(rank, world_size, hub, _HUBS.pop(token, None))
     try:
         started = time.perf_counter()
-        x, y = numeric.shard_matrix(train, job.input_cols, job.label_col)
+        objective = str(params.get("objective", ""))
+        x, y = numeric.shard_matrix(train, job.input_cols, job.label_col, job.label_rule, objective)
         dtrain = lightgbm.Dataset(x, label=y, feature_name=job.input_cols, free_raw_data=True)
         valid_sets, names, rows = [dtrain], ["train"], {"train": len(y)}
         if evals is not None:
-            ex, ey = numeric.shard_matrix(evals, job.input_cols, job.label_col)
+            ex, ey = numeric.shard_matrix(
+                evals, job.input_cols, job.label_col, job.label_rule, objective
+            )
             valid_sets.append(lightgbm.Dataset(ex, label=ey, reference=dtrain))
             names.append("eval")
             rows["eval"] = len(ey)

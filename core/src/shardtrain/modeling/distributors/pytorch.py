@@ -13,6 +13,7 @@ and is published to the stage with its manifest, through the shared run engine
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ from shardtrain.config import FailureConfig, PyTorchScalingConfig, WorkerResourc
 from shardtrain.data.data_connector import as_connector
 from shardtrain.data.sharding import shard
 from shardtrain.errors import ConfigError
-from shardtrain.model.artifact import ModelArtifact
+from shardtrain.model.artifact import ModelArtifact, check_request_id
 from shardtrain.model.frameworks import PYTORCH
 from shardtrain.modeling.distributors.pytorch_worker import (
     Context,
@@ -134,6 +135,15 @@ class PyTorchDistributor:
         A ``ShardedDataConnector(equal=True)`` in ``dataset_map`` gives every rank the same
         number of rows.
         """
+        PYTORCH.require()  # on the driver, before any worker starts
+        if request_id is not None:
+            check_request_id(request_id)
+        try:
+            json.dumps(hyper_params or {}, allow_nan=True)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"hyper_params must be JSON values (they are recorded with the model): {exc}."
+            ) from None
         connectors = {
             name: as_connector(data, f"dataset_map[{name!r}]")
             for name, data in (dataset_map or {}).items()
@@ -154,6 +164,13 @@ class PyTorchDistributor:
                 storage_options=storage_options,
                 checkpoint_every=self.failure_config.checkpoint_frequency,
                 checkpoint_name="checkpoint.tar",
+                identity={
+                    "framework": PYTORCH.name,
+                    "train_func": f"{getattr(self.train_func, '__module__', '')}."
+                    f"{getattr(self.train_func, '__qualname__', repr(self.train_func))}",
+                    "hyper_params": hyper_params or {},
+                    "data": {n: c.describe() for n, c in connectors.items()},
+                },
             ),
             self.failure_config,
             unit="checkpoint",

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from shardtrain.data.data_connector import DataConnector
-from shardtrain.errors import OutsideWorkerError
+from shardtrain.errors import ConfigError, OutsideWorkerError, StageError
 from shardtrain.runtime.events import RankMetrics
+from shardtrain.stage.base import local_files
 
 # -- the context, inside train_func ---------------------------------------------------------------
 
@@ -52,11 +53,16 @@ class DatasetShard:
 
 
 def pack(folder: Path) -> bytes:
+    """The files of a model or checkpoint folder as a tar: a link inside the folder is stored
+    as the file it names; a link out of it is refused (``stage.base.local_files``)."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                tar.add(path, arcname=path.relative_to(folder).as_posix())
+    try:
+        files = local_files(folder)
+    except StageError as exc:
+        raise ConfigError(exc.message, path=exc.details.get("path")) from None
+    with tarfile.open(fileobj=buffer, mode="w", dereference=True) as tar:
+        for path in files:
+            tar.add(path, arcname=path.relative_to(folder).as_posix())
     return buffer.getvalue()
 
 

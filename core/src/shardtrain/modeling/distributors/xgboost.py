@@ -49,6 +49,7 @@ class XGBEstimator(BoostingEstimator):
     """
 
     spec = XGBOOST
+    forbidden_name_chars = "[]<"
 
     def __init__(
         self,
@@ -91,6 +92,21 @@ class XGBEstimator(BoostingEstimator):
             params["device"] = "cuda"
         params["nthread"] = int(shape.cpus)
         return BoostingPlan(params, rounds, early, shape)
+
+    def _label_rule(self, params):
+        objective = str(params.get("objective", ""))
+        num_class = int(params.get("num_class", 0) or 0)
+        if objective == "binary:hinge":
+            return ("binary", 0)
+        if objective.startswith("binary:") or objective == "reg:logistic":
+            return ("unit", 0)
+        if objective.startswith("multi:"):
+            return ("class", num_class)
+        if objective in ("count:poisson", "reg:tweedie"):
+            return ("nonnegative", 0)
+        if objective == "reg:gamma":
+            return ("positive", 0)
+        return ("any", 0)
 
     def _launch(self, group, job, train_shards, eval_shards, on_progress, done):
         from shardtrain.modeling.distributors import xgboost_worker  # imports xgboost

@@ -32,8 +32,17 @@ class ArrowIter(xgboost.DataIter):
     within that, the second pass replays them, else every pass streams the shard again.
     """
 
-    def __init__(self, connector, input_cols, label_col, cache_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        connector,
+        input_cols,
+        label_col,
+        cache_bytes: int | None = None,
+        label_rule=None,
+        objective: str = "",
+    ) -> None:
         super().__init__(release_data=True)
+        self._label_rule, self._objective = label_rule, objective
         self._connector = connector
         self._input_cols = input_cols
         self._label_col = label_col
@@ -51,7 +60,13 @@ class ArrowIter(xgboost.DataIter):
             self._batches = (
                 iter(self._cache)
                 if self._complete
-                else numeric.matrix_batches(self._connector, self._input_cols, self._label_col)
+                else numeric.matrix_batches(
+                    self._connector,
+                    self._input_cols,
+                    self._label_col,
+                    label_rule=self._label_rule,
+                    objective=self._objective,
+                )
             )
         item = next(self._batches, None)
         if self._complete:
@@ -114,14 +129,28 @@ def train_rank(
         nthread = params.get("nthread")
         started = time.perf_counter()
         dtrain = xgboost.QuantileDMatrix(
-            ArrowIter(train, job.input_cols, job.label_col),
+            ArrowIter(
+                train,
+                job.input_cols,
+                job.label_col,
+                label_rule=job.label_rule,
+                objective=str(job.params.get("objective", "")),
+            ),
             max_bin=int(params.get("max_bin", 256)),
             nthread=nthread,
         )
         watch = [(dtrain, "train")]
         if evals is not None:
             ematrix = xgboost.QuantileDMatrix(
-                ArrowIter(evals, job.input_cols, job.label_col), ref=dtrain, nthread=nthread
+                ArrowIter(
+                    evals,
+                    job.input_cols,
+                    job.label_col,
+                    label_rule=job.label_rule,
+                    objective=str(job.params.get("objective", "")),
+                ),
+                ref=dtrain,
+                nthread=nthread,
             )
             watch.append((ematrix, "eval"))
         loaded = time.perf_counter()

@@ -1,7 +1,7 @@
 """LightGBM flow: train on Ray -> evaluate -> register (``python dags/lightgbm_flow.py``)."""
 
 from example_data import FEATURES, LABEL, holdout, prepare, rmse
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 
 from prefect_shardtrain import ModelStage, RayCluster, register_model, train_lightgbm
 
@@ -12,13 +12,14 @@ def evaluate(artifact, holdout_path: str) -> float:
 
     x, y = holdout(holdout_path)
     score = rmse(load_model(artifact).predict(x), y)
-    print(f"model location: {artifact.uri}")
+    logger = get_run_logger()
+    logger.info("model location: %s", artifact.uri)
     return score
 
 
-@flow(name="shardtrain-lightgbm")
+@flow(name="shardtrain-lightgbm", persist_result=True)
 def lightgbm_training(
-    rows: int = 200_000,
+    rows: int = 20_000,
     registry: str | None = None,
     ray_cluster: RayCluster | None = None,
     stage: ModelStage | None = None,

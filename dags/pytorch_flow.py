@@ -4,7 +4,7 @@
 import os
 
 from example_data import FEATURES, LABEL, holdout, prepare, rmse
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 
 from prefect_shardtrain import ModelStage, RayCluster, register_model, train_pytorch
 
@@ -53,13 +53,14 @@ def evaluate(artifact, holdout_path: str) -> float:
     x, y = holdout(holdout_path)
     with torch.no_grad():
         score = rmse(model(torch.from_numpy(x).float()).numpy(), y)
-    print(f"model location: {artifact.uri}")
+    logger = get_run_logger()
+    logger.info("model location: %s", artifact.uri)
     return score
 
 
-@flow(name="shardtrain-pytorch")
+@flow(name="shardtrain-pytorch", persist_result=True)
 def pytorch_training(
-    rows: int = 100_000,
+    rows: int = 20_000,
     registry: str | None = None,
     ray_cluster: RayCluster | None = None,
     stage: ModelStage | None = None,

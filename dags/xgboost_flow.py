@@ -6,7 +6,7 @@ work pool), as any Prefect flow.
 """
 
 from example_data import FEATURES, LABEL, holdout, prepare, rmse
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 
 from prefect_shardtrain import ModelStage, RayCluster, register_model, train_xgboost
 
@@ -20,14 +20,15 @@ def evaluate(artifact, holdout_path: str) -> float:
     booster = load_model(artifact)
     x, y = holdout(holdout_path)
     score = rmse(booster.predict(xgboost.DMatrix(x, feature_names=FEATURES)), y)
-    print(f"model location: {artifact.uri}")
-    print(f"holdout rmse: {score:.4f}")
+    logger = get_run_logger()
+    logger.info("model location: %s", artifact.uri)
+    logger.info("holdout rmse: %.4f", score)
     return score
 
 
-@flow(name="shardtrain-xgboost")
+@flow(name="shardtrain-xgboost", persist_result=True)
 def xgboost_training(
-    rows: int = 200_000,
+    rows: int = 20_000,
     registry: str | None = None,
     ray_cluster: RayCluster | None = None,
     stage: ModelStage | None = None,

@@ -1,8 +1,14 @@
-"""Scheduled XGBoost training on Ray: locate data -> train (XGBoostTrainOperator) -> evaluate -> register.
+"""XGBoost training on Ray: locate data -> train (XGBoostTrainOperator) -> evaluate -> register.
 
-Runs on the embedded defaults (local Ray, local stage) with ``python dags/xgboost_training.py``;
-set the ``ray_default`` / ``snowflake_default`` connections and the SHARDTRAIN_* variables
-below to train on a real cluster from Snowflake data into a Snowflake stage.
+Runs on the embedded defaults (local Ray, local stage, sqlite MLflow) with
+``python dags/xgboost_training.py``.
+
+Point it at a real cluster, stage and registry with the environment of the scheduler and
+workers (read when the DAG file is parsed): ``SHARDTRAIN_RAY_CONN_ID`` names a ``ray``
+connection (host ``ray://head:10001``; the nodes need the same ``shardtrain`` extras),
+``SHARDTRAIN_STAGE`` a stage (``@DB.SCHEMA.STAGE`` with the ``snowflake_default``
+connection, or ``s3://...``) and ``SHARDTRAIN_REGISTRY`` an MLflow tracking URI. Trigger it
+by hand with a larger ``rows`` param: it has no schedule, so unpausing it starts nothing.
 """
 
 from __future__ import annotations
@@ -18,10 +24,10 @@ from shardtrain_airflow.operators import RegisterModelOperator, XGBoostTrainOper
 
 with DAG(
     dag_id="shardtrain_xgboost",
-    schedule="@daily",
+    schedule=None,  # examples run when triggered, never on unpause
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
-    params={"rows": Param(200_000, type="integer", minimum=1000)},
+    params={"rows": Param(20_000, type="integer", minimum=1000)},
     default_args={"retries": 1, "retry_delay": timedelta(seconds=5)},
     tags=["shardtrain", "example"],
 ) as dag:

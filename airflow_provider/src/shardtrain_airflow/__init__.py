@@ -4,7 +4,14 @@ Each training operator returns ``ModelArtifact.to_dict()``: that return value is
 downstream task receives (the model's location, metrics, what it was trained on).
 """
 
-__version__ = "0.1.0"
+from importlib import metadata
+
+try:  # one version source: the repository's VERSION file, through the installed metadata
+    __version__ = metadata.version("airflow-provider-shardtrain")
+except metadata.PackageNotFoundError:  # a source tree that is not installed
+    __version__ = "0+unknown"
+
+DOCS_URL = "https://github.com/shardtrain/shardtrain/tree/main/airflow_provider#readme"
 
 
 def get_provider_info() -> dict:
@@ -18,7 +25,7 @@ def get_provider_info() -> dict:
         "integrations": [
             {
                 "integration-name": "shardtrain",
-                "external-doc-url": "https://pypi.org/project/shardtrain/",
+                "external-doc-url": DOCS_URL,
                 "tags": ["software"],
             },
         ],

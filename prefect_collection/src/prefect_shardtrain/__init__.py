@@ -4,10 +4,15 @@
 ``ModelArtifact`` of the model it published.
 """
 
+from importlib import metadata
+
 from prefect_shardtrain.blocks import ModelStage, RayCluster
 from prefect_shardtrain.tasks import register_model, train_lightgbm, train_pytorch, train_xgboost
 
-__version__ = "0.1.0"
+try:  # one version source: the repository's VERSION file, through the installed metadata
+    __version__ = metadata.version("prefect-shardtrain")
+except metadata.PackageNotFoundError:  # a source tree that is not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ModelStage",

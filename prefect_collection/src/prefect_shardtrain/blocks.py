@@ -13,10 +13,8 @@ from typing import Any
 
 from prefect.blocks.core import Block
 from prefect.types import SecretDict
-from prefect_snowflake import SnowflakeCredentials
 from pydantic import Field, SecretStr
 
-from prefect_shardtrain.snowflake import snowpark_configs
 from shardtrain.errors import ConfigError
 from shardtrain.integrations import (
     closing_session,
@@ -26,7 +24,12 @@ from shardtrain.integrations import (
 )
 from shardtrain.jobs import JobTarget
 
-DOCS = "https://pypi.org/project/prefect-shardtrain/"  # the README, as the long description
+try:  # the `snowflake` extra (prefect-snowflake); without it a stage has no Snowflake login
+    from prefect_snowflake import SnowflakeCredentials
+except ImportError:
+    SnowflakeCredentials = Any
+
+DOCS = "https://github.com/shardtrain/shardtrain/tree/main/prefect_collection#readme"
 
 
 class RayCluster(Block):
@@ -144,6 +147,8 @@ class ModelStage(Block):
         """What ``Session.builder.configs`` receives (None: no Snowflake configured)."""
         if not self.has_snowflake:
             return None
+        from prefect_shardtrain.snowflake import snowpark_configs
+
         configs = snowpark_configs(self.snowflake_credentials) if self.snowflake_credentials else {}
         if self.local_testing:
             configs["local_testing"] = True

@@ -18,10 +18,8 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect_snowflake import SnowflakeConnector, SnowflakeCredentials
 
 from prefect_shardtrain.blocks import ModelStage, RayCluster
-from prefect_shardtrain.snowflake import open_snowpark_session
 from shardtrain import DataConnector, ModelArtifact
 from shardtrain.errors import ConfigError
 from shardtrain.integrations import (
@@ -37,7 +35,12 @@ from shardtrain.model.registry import register_model as register
 
 #: Data as tasks take it: a Parquet path, {"table"|"query"|"path": ...}, or a DataConnector.
 TrainingData = str | dict[str, str] | DataConnector
-SnowflakeBlock = SnowflakeConnector | SnowflakeCredentials
+try:  # the `snowflake` extra (prefect-snowflake)
+    from prefect_snowflake import SnowflakeConnector, SnowflakeCredentials
+
+    SnowflakeBlock = SnowflakeConnector | SnowflakeCredentials
+except ImportError:
+    SnowflakeBlock = Any
 
 
 def request_id() -> str:
@@ -64,11 +67,14 @@ def forwarded_logs() -> Iterator[None]:
     source = logging.getLogger("shardtrain")
     source.addHandler(handler)
     level, source.level = source.level, logging.INFO
+    # Not also to the root logger's handlers: Prefect's console would print each line twice.
+    propagate, source.propagate = source.propagate, False
     try:
         yield
     finally:
         source.removeHandler(handler)
         source.setLevel(level)
+        source.propagate = propagate
 
 
 def artifact_key(request_id: str) -> str:
@@ -137,6 +143,8 @@ def _run(
         data_session = None
         if reads_snowflake:
             if snowflake is not None:
+                from prefect_shardtrain.snowflake import open_snowpark_session
+
                 data_session = opened.enter_context(
                     closing_session(open_snowpark_session(snowflake))
                 )
@@ -232,7 +240,13 @@ def boosting_spec(
     return spec, held
 
 
-@task(name="train_xgboost", retries=0)
+# Results are persisted under the task run's id (a later process reads the artifact back from
+# the run), never found again as a cache: each call trains; a retry resumes from checkpoints.
+# (cache_policy=NO_CACHE would write nothing: Prefect persists only results that have a key.)
+RESULT_KEY = "shardtrain-{task_run.id}"
+
+
+@task(name="train_xgboost", retries=0, persist_result=True, result_storage_key=RESULT_KEY)
 def train_xgboost(
     data: TrainingData,
     input_cols: list[str],
@@ -265,7 +279,7 @@ def train_xgboost(
     )
 
 
-@task(name="train_lightgbm", retries=0)
+@task(name="train_lightgbm", retries=0, persist_result=True, result_storage_key=RESULT_KEY)
 def train_lightgbm(
     data: TrainingData,
     input_cols: list[str],
@@ -318,7 +332,7 @@ def pytorch_spec(
     return spec, held
 
 
-@task(name="train_pytorch", retries=0)
+@task(name="train_pytorch", retries=0, persist_result=True, result_storage_key=RESULT_KEY)
 def train_pytorch(
     train_func: Callable | str,
     dataset_map: dict[str, TrainingData] | None = None,
@@ -350,7 +364,7 @@ def train_pytorch(
     )
 
 
-@task(name="register_model", retries=0)
+@task(name="register_model", retries=0, persist_result=True, result_storage_key=RESULT_KEY)
 def register_model(
     artifact: ModelArtifact | dict | str,
     name: str,

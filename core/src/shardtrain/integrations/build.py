@@ -146,6 +146,33 @@ def _findable(name: str) -> bool:
     return False
 
 
+def _workers_import(module: Any) -> bool:
+    """Whether Ray workers import ``module`` as the driver does: it is shardtrain, or lives in
+    site-packages, or under a folder on the ``PYTHONPATH`` of this process or of the Ray job's
+    runtime env (judged once this process joined Ray). A folder the driver only put on its own
+    ``sys.path`` does not count: an orchestrator that loads a deployed workflow file by its
+    plain name, with its folder on ``sys.path``, leaves workers unable to import it."""
+    import os
+    import sysconfig
+
+    if module.__name__.partition(".")[0] == "shardtrain":
+        return True
+    file = getattr(module, "__file__", None)
+    if not file:  # built in or frozen: every interpreter has it
+        return True
+    import ray
+
+    if not ray.is_initialized():  # the workers' runtime env is not known yet: trust findability
+        return True
+    roots = [sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib", "platstdlib")]
+    roots += os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    env = ray.get_runtime_context().runtime_env or {}
+    roots += (env.get("env_vars") or {}).get("PYTHONPATH", "").split(os.pathsep)
+    roots += [env["working_dir"]] if isinstance(env.get("working_dir"), str) else []
+    path = os.path.realpath(file)
+    return any(r and path.startswith(os.path.realpath(r) + os.sep) for r in roots)
+
+
 def resolve_callable(target: Callable | str, what: str = "train_func") -> Callable:
     """A callable, or an importable dotted path (``pkg.module.func`` or ``pkg.module:func``).
 
@@ -157,7 +184,11 @@ def resolve_callable(target: Callable | str, what: str = "train_func") -> Callab
     if not callable(target):
         raise ConfigError(f"{what} must be callable or a dotted path, got {target!r}.")
     module = sys.modules.get(getattr(target, "__module__", "") or "")
-    if module is not None and module.__name__ != "__main__" and not _findable(module.__name__):
+    if (
+        module is not None
+        and module.__name__ != "__main__"
+        and not (_findable(module.__name__) and _workers_import(module))
+    ):
         from ray import cloudpickle
 
         cloudpickle.register_pickle_by_value(module)

@@ -12,12 +12,60 @@ Adding a framework: a spec here, plus its trainer and worker modules under
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from shardtrain.errors import ConfigError
+from shardtrain.errors import ConfigError, MissingDependencyError
+
+#: Optional libraries: import name -> (the package to install, the shardtrain extra with it).
+OPTIONAL: dict[str, tuple[str, str]] = {
+    "xgboost": ("xgboost (or xgboost-cpu)", "xgboost-cpu"),
+    "lightgbm": ("lightgbm", "lightgbm"),
+    "torch": ("torch", "torch"),
+    "mlflow": ("mlflow", "mlflow"),
+    "snowflake.snowpark": ("snowflake-snowpark-python", "snowflake"),
+}
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a missing parent package, or a module set to None
+        return False
+
+
+def require_module(module: str, purpose: str) -> None:
+    """Raise ``MissingDependencyError`` on this process (the driver, before any worker
+    starts) when an optional library is not installed, naming the package and the extra."""
+    if _installed(module):
+        return
+    package, extra = OPTIONAL.get(module, (module, None))
+    how = (
+        f"pip install 'shardtrain[{extra}]' (or the same extra of airflow-provider-shardtrain "
+        f"/ prefect-shardtrain)"
+        if extra
+        else f"pip install {package}"
+    )
+    if module == "xgboost":
+        how += "; the extra 'xgboost' installs the full wheel with GPU support instead"
+    raise MissingDependencyError(
+        f"{purpose} needs {package}, which is not installed here: {how}. On a remote Ray "
+        "cluster, install it on the cluster's nodes too.",
+        module=module,
+        package=package,
+        extra=extra,
+    )
+
+
+def import_module(module: str, purpose: str) -> ModuleType:
+    """``importlib.import_module`` with ``require_module``'s message when it is missing."""
+    require_module(module, purpose)
+    return importlib.import_module(module)
 
 
 @dataclass(frozen=True)
@@ -54,6 +102,15 @@ class FrameworkSpec:
     tabular: bool = True
     needs_module: bool = False
 
+    def require(self) -> None:
+        """``MissingDependencyError`` (package and extra named) when the framework is not
+        installed on this process; trainers call it before they start any worker."""
+        require_module(self.module, f"a {self.name} model")
+
+    def library(self) -> ModuleType:
+        """The framework's module, imported (``MissingDependencyError`` when missing)."""
+        return import_module(self.module, f"a {self.name} model")
+
     @property
     def model_file(self) -> str:
         """The file name a trainer writes its model to."""
@@ -68,16 +125,14 @@ class FrameworkSpec:
 
 
 def _xgb_load(data: bytes):
-    import xgboost
-
+    xgboost = import_module("xgboost", "an xgboost model")
     booster = xgboost.Booster()
     booster.load_model(bytearray(data))
     return booster
 
 
 def _xgb_load_file(path: Path):
-    import xgboost
-
+    xgboost = import_module("xgboost", "an xgboost model")
     booster = xgboost.Booster()
     booster.load_model(str(path))
     return booster
@@ -109,14 +164,12 @@ XGBOOST = FrameworkSpec(
 
 
 def _lgb_load(data: bytes):
-    import lightgbm
-
+    lightgbm = import_module("lightgbm", "a lightgbm model")
     return lightgbm.Booster(model_str=data.decode())
 
 
 def _lgb_load_file(path: Path):
-    import lightgbm
-
+    lightgbm = import_module("lightgbm", "a lightgbm model")
     return lightgbm.Booster(model_file=str(path))
 
 
@@ -146,8 +199,7 @@ LIGHTGBM = FrameworkSpec(
 
 
 def _torch_load_file(path: Path):
-    import torch
-
+    torch = import_module("torch", "a pytorch model")
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

@@ -4,14 +4,17 @@
 the model with its native flavour into MLflow (the embedded default: a sqlite registry under
 ``$SHARDTRAIN_HOME/mlflow``) or the Snowflake Model Registry. Registering the same artifact
 (same request_id) under one name again returns the existing version: task retries are
-idempotent.
+idempotent. Processes registering into one sqlite registry take turns (a file lock): MLflow
+creates and migrates a new database on first use, which is not safe to do twice at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +22,7 @@ from typing import Any
 from shardtrain.errors import ConfigError
 from shardtrain.home import shardtrain_home
 from shardtrain.model.artifact import ModelArtifact
-from shardtrain.model.frameworks import spec
+from shardtrain.model.frameworks import require_module, spec
 from shardtrain.model.load import fetch_model, load_model
 
 REQUEST_ID_TAG = "shardtrain.request_id"
@@ -78,6 +81,10 @@ def register_model(
     """
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"name must be a non-empty string, got {name!r}.")
+    if any(c in name for c in "'\"`\\"):  # MLflow's search filters cannot quote them
+        raise ConfigError(f"model name {name!r} contains a quote or backslash; leave them out.")
+    if registry != "snowflake":
+        require_module("mlflow", "registering a model in MLflow")
     # Verify first: manifest present, every file matching its checksum.
     artifact = _verified(artifact_or_uri, session, storage_options)
     model = load_model(artifact, session=session, storage_options=storage_options)
@@ -94,7 +101,29 @@ def register_model(
     if registry == "snowflake":
         return _register_snowflake(artifact, model, name, version, all_metrics, session)
     uri = default_mlflow_uri() if registry in (None, "mlflow") else registry
-    return _register_mlflow(artifact, model, name, uri, version, all_metrics, dict(tags or {}))
+    with _sqlite_lock(uri):
+        return _register_mlflow(artifact, model, name, uri, version, all_metrics, dict(tags or {}))
+
+
+@contextlib.contextmanager
+def _sqlite_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock beside a sqlite registry's file, held for a whole registration: the
+    first use creates and migrates the database (two at once fail with 'duplicate column'),
+    and the lookup-then-create of the experiment and the version must not interleave either.
+    A tracking server serialises for itself: no lock."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock_path = Path(uri[len("sqlite:///") :]).resolve().with_suffix(".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _verified(artifact_or_uri, session, storage_options) -> ModelArtifact:
@@ -178,7 +207,11 @@ def _register_mlflow(artifact, model, name, uri, version, metrics, tags) -> Regi
             mlflow.log_metrics({_metric_key(k): float(v) for k, v in metrics.items()})
         mlflow.set_tags(version_tags)
         info = flavour.log_model(
-            model, name="model", signature=_signature(artifact), **framework.mlflow_options
+            model,
+            name="model",
+            signature=_signature(artifact),
+            pip_requirements=_pip_requirements(framework.module),
+            **framework.mlflow_options,
         )
     registered = mlflow.register_model(info.model_uri, name, tags=version_tags)
     return RegisteredModel(
@@ -189,6 +222,18 @@ def _register_mlflow(artifact, model, name, uri, version, metrics, tags) -> Regi
         artifact.uri,
         artifact.request_id,
     )
+
+
+def _pip_requirements(module: str) -> list[str] | None:
+    """The installed distribution of the framework, pinned (``xgboost-cpu`` where that is what
+    provides ``xgboost``). Given explicitly, MLflow skips inferring requirements, which loads
+    the model again in a subprocess (seconds per registration). None: MLflow's default."""
+    from importlib import metadata
+
+    for dist in metadata.packages_distributions().get(module, []):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            return [f"{dist}=={metadata.version(dist)}"]
+    return None
 
 
 def _artifact_location(uri: str) -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 from typing import Any
 
@@ -78,6 +79,9 @@ def connect(
 
     if ray.is_initialized():
         return
+    if not getattr(sys.stdout, "isatty", lambda: False)():
+        # Worker lines reach a task log, not a terminal: no ANSI colour codes around them.
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     with _CONNECTING:  # threads of one process (Prefect's fan-out) connect once, not N times
         if ray.is_initialized():
             return

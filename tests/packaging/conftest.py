@@ -1,0 +1,11 @@
+"""Packaging checks: metadata read from the pyprojects and the installed distributions,
+Airflow's providers manager reading the provider info. The slow part (each distribution
+installed alone into a fresh environment) is check_fresh_installs.sh, run by hand."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Airflow writes its config under AIRFLOW_HOME when first imported: keep it out of ~/airflow.
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))

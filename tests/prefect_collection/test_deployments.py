@@ -1,0 +1,171 @@
+"""The example flows deployed as users deploy them: a real Prefect server in a subprocess,
+``serve()`` in another process, a deployment run of every flow, and the results read back
+by this process from Prefect's persisted results (the flow's dict and the training task's
+``ModelArtifact``).
+
+A flow module with ``from __future__ import annotations`` and block-typed parameters passed
+in-process runs but failed here (``PydanticUserError: ... is not fully defined``): only a
+deployment run validates parameters from the flow's entrypoint.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shardtrain import ModelArtifact, load_model
+
+pytestmark = pytest.mark.slow  # a Prefect server, a serving process and three flow runs
+
+REPO = Path(__file__).resolve().parents[2]
+PREFECT = str(Path(sys.executable).parent / "prefect")
+FLOWS = {  # deployment name -> (flow name, framework)
+    "shardtrain-xgboost/test": "xgboost",
+    "shardtrain-lightgbm/test": "lightgbm",
+    "shardtrain-pytorch/test": "pytorch",
+}
+SERVE = """
+import sys
+
+sys.path.insert(0, "dags")  # as `cd dags && python serve.py` would: no PYTHONPATH for the runs
+from prefect import serve
+from xgboost_flow import xgboost_training
+from lightgbm_flow import lightgbm_training
+from pytorch_flow import pytorch_training
+
+serve(
+    *(f.to_deployment(name="test", parameters={"rows": 5000})
+      for f in (xgboost_training, lightgbm_training, pytorch_training)),
+    limit=1,  # one run at a time on the session's 2-CPU Ray head
+)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else "server exited"
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"no Prefect server at {url} after {timeout}s")
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out or ""
+
+
+@pytest.fixture
+def prefect_server():
+    """``prefect server start`` on loopback with its own PREFECT_HOME (sqlite, no UI).
+
+    Its folders are outside pytest's temp root, which concurrent pytest sessions prune."""
+    with tempfile.TemporaryDirectory(prefix="prefect-deploy-") as tmp:
+        yield from _server(Path(tmp))
+
+
+def _server(tmp_path: Path):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = dict(
+        os.environ,
+        PREFECT_HOME=str(tmp_path / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+        PREFECT_API_URL=url,
+        PREFECT_LOCAL_STORAGE_PATH=str(tmp_path / "results"),
+    )
+    server = subprocess.Popen(
+        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_healthy(url, server, timeout=120)
+        yield env
+    finally:
+        _stop(server)
+
+
+def test_every_example_flow_runs_as_a_served_deployment(prefect_server, ray_head):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+
+    # No PYTHONPATH: each run loads its flow from the entrypoint file, as a deployment does.
+    env = {k: v for k, v in prefect_server.items() if k != "PYTHONPATH"}
+    serving = subprocess.Popen(
+        [sys.executable, "-c", SERVE],
+        cwd=REPO,
+        env=env,  # the session's SHARDTRAIN_HOME: the runs join its Ray head
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    settings = {
+        PREFECT_API_URL: env["PREFECT_API_URL"],
+        PREFECT_LOCAL_STORAGE_PATH: env["PREFECT_LOCAL_STORAGE_PATH"],
+    }
+    try:
+        with temporary_settings(updates=settings), get_client(sync_client=True) as client:
+            deadline = time.monotonic() + 120
+            while len(client.read_deployments()) < len(FLOWS):
+                assert serving.poll() is None, _stop(serving)
+                assert time.monotonic() < deadline, "serve() registered no deployments"
+                time.sleep(0.5)
+            runs = {name: run_deployment(name, timeout=0) for name in FLOWS}
+            deadline = time.monotonic() + 400
+            while True:
+                states = {n: client.read_flow_run(r.id).state for n, r in runs.items()}
+                if all(s.is_final() for s in states.values()):
+                    break
+                assert time.monotonic() < deadline, states
+                time.sleep(1)
+            failed = {n: s for n, s in states.items() if not s.is_completed()}
+            assert not failed, (failed, _stop(serving)[-6000:])
+
+            # Read back by this process (not the one that ran the flows): the flow's result
+            # and the training task's result, both from Prefect's persisted results.
+            for name, framework in FLOWS.items():
+                result = states[name].result()
+                artifact = result["artifact"]
+                assert isinstance(artifact, ModelArtifact) and artifact.framework == framework
+                assert load_model(artifact) is not None
+                assert result["registered"].request_id == artifact.request_id
+                tasks = client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[runs[name].id]))
+                )
+                train = [t for t in tasks if t.name.startswith("train_")]
+                assert len(train) == 1, [t.name for t in tasks]
+                assert train[0].state.result() == artifact
+    finally:
+        output = _stop(serving)
+    # Worker lines reach the run's output (not a terminal) without ANSI colour codes.
+    worker_lines = [line for line in output.splitlines() if " pid=" in line]
+    assert worker_lines and not [line for line in worker_lines if "\x1b[" in line]

@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 from shardtrain import ModelArtifact, load_model
+from shardtrain_airflow.links import model_url
 
 pytestmark = pytest.mark.slow  # real Airflow (dag.test in a subprocess) and real Ray
 
@@ -39,8 +40,9 @@ def test_example_dag_trains_and_hands_the_model_on(airflow_env, name, framework)
         f"models:/{dag_id}_example/"
     )
     assert f"registered model: {dag_id}_example version" in output
-    # the extra link of the train task points at the model
-    assert airflow_env.xcom(dag_id, "train", "_link_ModelLocationLink") == artifact.uri
+    # the extra link of the train task opens the model's folder (a local stage: file://)
+    link = airflow_env.xcom(dag_id, "train", "_link_ModelLocationLink")
+    assert link == f"file://{artifact.uri}" and link == model_url(artifact.uri)
     rendered = airflow_env.query(
         "select rendered_fields from rendered_task_instance_fields where dag_id=? and "
         "task_id='train' order by run_id desc",

@@ -24,7 +24,7 @@ import pytest
 from shardtrain import ModelArtifact, load_model
 from shardtrain.errors import JobStoppedError, ModelIntegrityError
 from shardtrain.integrations import TrainingSpec
-from shardtrain.jobs import read_published
+from shardtrain.jobs import TERMINAL, JobHandle, read_published
 from shardtrain.runtime import worker_group
 from shardtrain_airflow.operators import XGBoostTrainOperator
 from shardtrain_airflow.triggers.ray_job import RayJobTrigger
@@ -257,9 +257,13 @@ def test_user_killing_a_deferred_task_stops_its_job_and_nothing_is_published(
 
     spec = _long_spec(tmp_path, "deferred-kill-1")
     handle = submit(spec)
-    _wait_running(handle)
-    trigger = RayJobTrigger(submission_id=handle.submission_id, spec=handle.spec.to_dict())
-    asyncio.run(trigger.on_kill())
+    try:
+        _wait_running(handle)
+        trigger = RayJobTrigger(submission_id=handle.submission_id, spec=handle.spec.to_dict())
+        asyncio.run(trigger.on_kill())
+    finally:
+        if handle.status() not in TERMINAL:
+            handle.cancel()
     with pytest.raises(JobStoppedError):
         handle.wait(timeout_s=60)
     with pytest.raises(ModelIntegrityError):
@@ -298,13 +302,19 @@ def test_killing_a_task_waiting_in_its_worker_stops_its_job(ray_head, jobs_env, 
 
     thread = threading.Thread(target=execute)
     thread.start()
-    deadline = time.monotonic() + 120
-    while op._job is None or op._job.status() != "RUNNING":
-        assert time.monotonic() < deadline and thread.is_alive(), errors
-        time.sleep(0.5)
-    _wait_running(op._job)
-    op.on_kill()
-    thread.join(timeout=60)
+    try:
+        deadline = time.monotonic() + 120
+        while op._job is None or op._job.status() != "RUNNING":
+            assert time.monotonic() < deadline and thread.is_alive(), errors
+            time.sleep(0.5)
+        job = op._job
+        # A handle of the test's own: the task's handle reads the log incrementally itself.
+        _wait_running(JobHandle(job.submission_id, job.spec, job.target))
+        op.on_kill()
+        thread.join(timeout=60)
+    finally:
+        if op._job is not None and op._job.status() not in TERMINAL:
+            op._job.cancel()  # never leave a 100k-round job running for later tests
     assert len(errors) == 1 and isinstance(errors[0], JobStoppedError), errors
     assert pushed["ray_job"]["submission_id"] == op._job.submission_id
     with pytest.raises(ModelIntegrityError):

@@ -19,6 +19,7 @@ from shardtrain import load_model
 from shardtrain.errors import ConfigError, ModelIntegrityError
 from shardtrain.integrations import TrainingSpec
 from shardtrain.jobs import (
+    TERMINAL,
     JobFailedError,
     JobServerError,
     JobStoppedError,
@@ -146,16 +147,20 @@ def test_a_cancelled_job_publishes_nothing(target, parquet, tmp_path):
         parquet, tmp_path / "stage", "job-cancel-1", n_estimators=100_000, verbose_eval=50
     )
     handle = submit(spec, target)
-    deadline = time.monotonic() + 120
-    seen = ""
-    while "[50]" not in seen:  # training is under way
-        assert time.monotonic() < deadline, seen[-2000:]
-        assert handle.status() in ("PENDING", "RUNNING"), seen[-2000:]
-        seen += handle.logs()
-        time.sleep(0.5)
-    assert handle.cancel()
-    with pytest.raises(JobStoppedError):
-        handle.wait(timeout_s=60)
+    try:
+        deadline = time.monotonic() + 120
+        seen = ""
+        while "[50]" not in seen:  # training is under way
+            assert time.monotonic() < deadline, seen[-2000:]
+            assert handle.status() in ("PENDING", "RUNNING"), seen[-2000:]
+            seen += handle.logs()
+            time.sleep(0.5)
+        assert handle.cancel()
+        with pytest.raises(JobStoppedError):
+            handle.wait(timeout_s=60)
+    finally:
+        if handle.status() not in TERMINAL:
+            handle.cancel()  # never leave a 100k-round job running for later tests
     with pytest.raises(ModelIntegrityError):
         read_published(spec)
 

@@ -74,7 +74,9 @@ def _env(home: Path, mode: str | None) -> dict[str, str]:
     return env
 
 
-def _run(script: str, args: list[str], env: dict[str, str]) -> dict:
+def run_script(script: str, args: list[str], env: dict[str, str]) -> dict:
+    """Run ``script`` in a fresh interpreter; its last ``RESULT {json}`` line plus the
+    whole process's wall time."""
     start = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-c", script, *args],
@@ -113,7 +115,7 @@ def measure(repeats: int) -> dict:
                 for index, (name, script, mode) in enumerate(CASES):
                     out = str(work / f"out-{repeat}-{index}")
                     args = [str(data), out] if script is not CONNECT else []
-                    run = _run(script, args, _env(home, mode))
+                    run = run_script(script, args, _env(home, mode))
                     runs[name].append(run)
                     print(f"{name:36s} repeat {repeat + 1}: {run}", flush=True)
         finally:

@@ -19,10 +19,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.cluster_connect import REPO, run_script
 
 RUN = """
 import json, sys, time
@@ -63,23 +62,6 @@ def _spec(data: Path, stage: Path, request_id: str, rounds: int, columns: int) -
     ).to_json()
 
 
-def _run(mode: str, spec: str, env: dict[str, str]) -> dict:
-    start = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-c", RUN, mode, spec],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    wall = time.perf_counter() - start
-    if result.returncode != 0:
-        raise RuntimeError(f"case failed:\n{result.stderr[-3000:]}")
-    line = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")][-1]
-    return {"process_s": wall, **json.loads(line[len("RESULT ") :])}
-
-
 def measure(repeats: int, rows: int) -> dict:
     from bench.data import make_parquet
     from bench.gbdt import SMALL_COLUMNS, SMALL_ROUNDS
@@ -107,7 +89,7 @@ def measure(repeats: int, rows: int) -> dict:
             for repeat in range(repeats):
                 for index, (name, (mode, data, rounds, columns)) in enumerate(cases.items()):
                     spec = _spec(data, work / "stage", f"bench-{repeat}-{index}", rounds, columns)
-                    run = _run(mode, spec, env)
+                    run = run_script(RUN, [mode, spec], env)
                     runs[name].append(run)
                     print(f"{name:40s} repeat {repeat + 1}: {run}", flush=True)
         finally:

@@ -202,3 +202,23 @@ def test_snowflake_registry_call_contract(tmp_path, monkeypatch, snowpark_sessio
     assert calls[0] == ("init", snowpark_session)
     with pytest.raises(ConfigError, match="needs a Snowpark session"):
         register_model(artifact, name="X", registry="snowflake")
+
+
+def test_an_unreachable_mlflow_server_fails_fast_and_clearly(tmp_path):
+    """MLflow's client retries a dead server for minutes; the probe says so in seconds, before
+    the artifact is read, and keeps the URL's credentials out of the message."""
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="cannot reach the MLflow tracking server") as error:
+        register_model(
+            str(tmp_path / "never-read"),
+            name="m",
+            registry=f"http://admin:hunter2@127.0.0.1:{port}",
+        )
+    assert time.monotonic() - started < 10
+    assert "hunter2" not in str(error.value) and f"127.0.0.1:{port}" in str(error.value)

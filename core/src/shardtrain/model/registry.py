@@ -13,13 +13,15 @@ from __future__ import annotations
 import contextlib
 import importlib
 import re
+import socket
 import tempfile
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from shardtrain.errors import ConfigError
+from shardtrain.errors import ConfigError, redact_url
 from shardtrain.home import shardtrain_home
 from shardtrain.model.artifact import ModelArtifact
 from shardtrain.model.frameworks import require_module, spec
@@ -85,6 +87,7 @@ def register_model(
         raise ConfigError(f"model name {name!r} contains a quote or backslash; leave them out.")
     if registry != "snowflake":
         require_module("mlflow", "registering a model in MLflow")
+        _probe_tracking_server(registry)
     # Verify first: manifest present, every file matching its checksum.
     artifact = _verified(artifact_or_uri, session, storage_options)
     model = load_model(artifact, session=session, storage_options=storage_options)
@@ -103,6 +106,29 @@ def register_model(
     uri = default_mlflow_uri() if registry in (None, "mlflow") else registry
     with _sqlite_lock(uri):
         return _register_mlflow(artifact, model, name, uri, version, all_metrics, dict(tags or {}))
+
+
+#: Seconds to wait for a TCP connection to an MLflow tracking server before giving up (MLflow's
+#: own client retries an unreachable server for minutes).
+MLFLOW_PROBE_TIMEOUT_S = 5.0
+
+
+def _probe_tracking_server(registry: str | None) -> None:
+    """ConfigError within seconds when an http(s) tracking server does not answer."""
+    if not registry or not registry.startswith(("http://", "https://")):
+        return
+    url = urllib.parse.urlsplit(registry)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=MLFLOW_PROBE_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot reach the MLflow tracking server at {redact_url(registry)} ({exc}). Check "
+            "that it is up and the URL and port are right, or leave registry unset for the "
+            "embedded registry.",
+            registry=redact_url(registry),
+        ) from exc
 
 
 @contextlib.contextmanager

@@ -1,6 +1,8 @@
 """What the long-lived local head saves a fresh process: connecting to it vs starting a private
 Ray, and a 10k-row XGBoost job run as a whole fresh process (as an orchestrator task runs it)
-with the head running, with a private Ray, and as plain xgboost.
+with the head running (cold: no warm worker group on the cluster; warm pool: the cluster's
+worker pool holds an idle group of the job's shape, as after an earlier task), with a private
+Ray, and as plain xgboost.
 
     .venv/bin/python -m bench.cluster_connect [--repeats 5] [--json out.json]
 
@@ -37,6 +39,9 @@ import json, sys, time
 t0 = time.perf_counter()
 from shardtrain.runtime.cluster import connect
 connect()
+if sys.argv[3:] == ["cold"]:  # no warm worker group on the cluster: the fit starts one
+    from shardtrain.runtime.worker_group import shutdown_workers
+    shutdown_workers()
 t1 = time.perf_counter()
 from bench.gbdt import SMALL_COLUMNS, SMALL_ROUNDS, _shardtrain_fit
 from pathlib import Path
@@ -56,13 +61,16 @@ xgb.train({**XGB_PARAMS, "nthread": 2}, dtrain, SMALL_ROUNDS).save_model(sys.arg
 print("RESULT", json.dumps({"fit_s": time.perf_counter() - t0}))
 """
 
-#: (case name, script, SHARDTRAIN_CLUSTER)
+#: (case name, script, SHARDTRAIN_CLUSTER, extra argument). The cold case empties the cluster's
+#: worker pool first and leaves its group warm; the warm case, right after it, gets that group
+#: (new task process, cluster running, warm pool).
 CASES = [
-    ("connect: running local head", CONNECT, "local"),
-    ("connect: private Ray", CONNECT, "private"),
-    ("10k-row job: local head running", JOB, "local"),
-    ("10k-row job: private Ray", JOB, "private"),
-    ("10k-row job: plain xgboost", PLAIN, None),
+    ("connect: running local head", CONNECT, "local", None),
+    ("connect: private Ray", CONNECT, "private", None),
+    ("10k-row job: local head running, cold workers", JOB, "local", "cold"),
+    ("10k-row job: local head running, warm pool", JOB, "local", None),
+    ("10k-row job: private Ray", JOB, "private", None),
+    ("10k-row job: plain xgboost", PLAIN, None, None),
 ]
 
 
@@ -109,12 +117,13 @@ def measure(repeats: int) -> dict:
             capture_output=True,
         )
         head_start_s = time.perf_counter() - start
-        runs: dict[str, list[dict]] = {name: [] for name, _, _ in CASES}
+        runs: dict[str, list[dict]] = {name: [] for name, _, _, _ in CASES}
         try:
             for repeat in range(repeats):
-                for index, (name, script, mode) in enumerate(CASES):
+                for index, (name, script, mode, extra) in enumerate(CASES):
                     out = str(work / f"out-{repeat}-{index}")
                     args = [str(data), out] if script is not CONNECT else []
+                    args += [extra] if extra else []
                     run = run_script(script, args, _env(home, mode))
                     runs[name].append(run)
                     print(f"{name:36s} repeat {repeat + 1}: {run}", flush=True)

@@ -2,7 +2,8 @@
 
     shardtrain cluster start [--num-cpus N]   start it (or report the one running)
     shardtrain cluster stop                   stop it and remove its record
-    shardtrain cluster status [--json]        address, dashboard, resources, jobs, idle timer
+    shardtrain cluster status [--json]        address, dashboard, resources, jobs, idle timer,
+                                              the warm worker groups (idle/busy, shapes, pids)
     shardtrain stage gc [STAGE] --older-than 7d [--dry-run]
                                               remove what failed runs left (runtime.retention)
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -76,9 +78,58 @@ def _print_status(info: dict) -> None:
             f"idle timer: idle for {_seconds(info['idle_for_s'])}; stops in "
             f"{_seconds(info['stops_in_s'])} (SHARDTRAIN_CLUSTER_IDLE_S={info['idle_s']:g})"
         )
+    if "worker_pools" in info:
+        _print_pools(info["worker_pools"])
     if not info.get("monitor_alive"):
         print(
             "warning:    the idle monitor is not running; stop the head with `shardtrain cluster stop`"
+        )
+
+
+def _pools(record) -> dict:
+    """The worker pools on the head (``runtime.worker_pool``): joins it briefly as a driver,
+    which the idle monitor does not count as activity unless it looks at that moment."""
+    import ray
+
+    from shardtrain.runtime import worker_pool
+
+    for name, value in record.driver_env().items():
+        if name != "RAY_ADDRESS":
+            os.environ[name] = value
+    try:
+        ray.init(
+            address=record.gcs_address,
+            configure_logging=False,
+            logging_level="ERROR",
+            log_to_driver=False,
+        )
+        return worker_pool.describe_all()
+    except Exception as exc:  # the status still shows everything else
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        ray.shutdown()
+
+
+def _print_pools(pools: dict) -> None:
+    if "error" in pools:
+        print(f"workers:    could not read the worker pool ({pools['error']})")
+        return
+    groups = [(name, g) for name, gs in pools.items() for g in gs if g.get("id")]
+    print(f"workers:    {len(groups)} worker group(s) in {len(pools)} pool(s)")
+    for name, g in groups:
+        if "error" in g:
+            print(f"  {name}: {g['error']}")
+            continue
+        gpus = f" {g['gpus']:g} GPU" if g["gpus"] else ""
+        pids = ", ".join(str(p) for p in g["pids"])
+        if g["state"] == "idle":
+            state = f"idle {_seconds(g['for_s'])}, stops in {_seconds(g['stops_in_s'])}"
+        else:
+            owner = g.get("owner") or {}
+            state = f"busy {_seconds(g['for_s'])} (driver pid {owner.get('pid')} on {owner.get('host')})"
+        print(
+            f"  {g['id']}  {g['num_workers']} x {g['cpus']:g} CPU{gpus} {g['strategy']}: {state}; "
+            f"pids {pids}; {g['fits']} fit(s)"
         )
 
 
@@ -106,6 +157,8 @@ def cluster_command(args: argparse.Namespace) -> int:
             print("no local Ray head is running (`shardtrain cluster start` starts one)")
         return EXIT_NOT_RUNNING
     info = cluster_monitor.describe(record)
+    if "error" not in info:
+        info["worker_pools"] = _pools(record)
     if args.json:
         print(json.dumps({"running": True, **info}))
     else:

@@ -64,7 +64,15 @@ SHARD_CACHE_MB = Knob(
 WORKER_IDLE_S = Knob(
     "SHARDTRAIN_WORKER_IDLE_S",
     60.0,
-    "seconds a warm worker group stays alive between fits before it is shut down.",
+    "seconds a warm worker group stays alive between fits (of any driver: the pool lives on "
+    "the cluster) before it is shut down.",
+    float,
+)
+WORKER_LEASE_TIMEOUT_S = Knob(
+    "SHARDTRAIN_WORKER_LEASE_TIMEOUT_S",
+    20.0,
+    "seconds the cluster's worker pool keeps a leased worker group whose driver stopped "
+    "renewing the lease (it died mid-fit) before it kills the group and frees its resources.",
     float,
 )
 PLACEMENT_TIMEOUT_S = Knob(
@@ -107,6 +115,7 @@ KNOBS: tuple[Knob, ...] = (
     HOME,
     SHARD_CACHE_MB,
     WORKER_IDLE_S,
+    WORKER_LEASE_TIMEOUT_S,
     PLACEMENT_TIMEOUT_S,
     CLUSTER,
     CLUSTER_IDLE_S,

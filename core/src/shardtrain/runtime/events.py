@@ -1,6 +1,8 @@
 """What ranks send the driver while they run, as frozen records that pickle across Ray
 actors: metrics (per boosting round, or as a training function logs them) and checkpoint
-snapshots. The driver polls rank 0 for them (``worker_group.WorkerGroup.run``)."""
+snapshots. The driver polls rank 0 for them (``worker_group.WorkerGroup.run``). Log records a
+rank forwards (``WorkerLog``) travel on a channel of their own, polled on every rank, and never
+reach a trainer's ``on_progress``."""
 
 from __future__ import annotations
 
@@ -37,3 +39,14 @@ class Snapshot:
 
     step: int
     data: bytes
+
+
+@dataclass(frozen=True)
+class WorkerLog:
+    """A ``warnings`` warning or a WARNING+ ``logging`` record raised on a rank during a run
+    (the rank's own stdout goes to the pool's job, not the driver's log)."""
+
+    rank: int
+    level: int  # logging level number
+    logger: str  # the emitting logger's name ('py.warnings' for warnings)
+    message: str

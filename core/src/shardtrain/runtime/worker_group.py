@@ -1,184 +1,88 @@
-"""A group of Ray actors, one per rank, in a placement group; and a pool that keeps them warm.
+"""A group of Ray actors, one per rank, in a placement group, leased from the cluster's pool.
 
 Starting a Python process and importing xgboost/pyarrow/torch costs ~2 s here, which would
-dominate small jobs, so groups are kept between fits of the same driver, keyed by their
-shape, and dropped after ``SHARDTRAIN_WORKER_IDLE_S`` seconds idle (``shardtrain.env``), on
-``shutdown_workers()``, or when another shape needs the resources. Each fit still brings its
-own collective (tracker, ports, process group), so nothing carries over from one fit to the
-next but the warm process.
+dominate small jobs. Groups are kept warm by the cluster's pool (``worker_pool``: a detached
+actor), so a fit from any driver process (an Airflow task, a Prefect task run, a Ray Job) gets a
+warm group of its shape when one is idle. Idle groups are dropped after
+``SHARDTRAIN_WORKER_IDLE_S`` seconds (``shardtrain.env``), on ``shutdown_workers()``, or when
+another lease needs the resources. Each fit still brings its own collective (tracker, ports,
+process group), and each run on a warm process starts from the process's environment and
+working directory as they were (``train_worker``): nothing carries over but the process.
 
 The driver runs a function on every rank and polls rank 0 for progress events (metrics per
-round, checkpoints) while it waits. The first failure on any rank tears the group down, so
-no rank is left hanging in a collective, and reaches the caller with the rank and the
-original traceback.
+round, checkpoints) while it waits, and every rank for the warnings and log records it
+forwards, re-logged here by the ``shardtrain.worker`` logger. The first failure on any rank
+tears the group down, so no rank is left hanging in a collective, and reaches the caller with
+the rank and the original traceback.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from shardtrain import env
 from shardtrain.errors import ScalingConfigError, ShardtrainError, WorkerDiedError, WorkerError
-from shardtrain.runtime.events import Snapshot
+from shardtrain.runtime import worker_pool
+from shardtrain.runtime.events import Snapshot, WorkerLog
 from shardtrain.runtime.resources import WorkerShape, cluster_shape
-from shardtrain.runtime.worker_context import WorkerInfo, bind_worker
+from shardtrain.runtime.train_worker import Reporter
 
 __all__ = ["Reporter", "WorkerDiedError", "WorkerGroup", "lease", "shutdown_workers"]
 
 logger = logging.getLogger("shardtrain.runtime")
 
 POLL_INTERVAL_S = 0.05
-#: How long a warm group's actors have to answer before the group counts as dead.
-HEALTH_TIMEOUT_S = 10.0
+#: How often every rank is asked for the log records it forwards (and once at the end).
+LOG_POLL_S = 0.5
 #: How long one placement try waits; between tries idle groups give way to the waiting fit.
 PLACEMENT_TRY_S = 1.0
-#: How often a queued fit looks again without being woken (resources freed elsewhere).
-QUEUE_RECHECK_S = 5.0
+#: How long one try waits while other leases hold the cluster (the fit queues behind them).
+QUEUE_TRY_S = 5.0
 #: After a rank fails, how long to look for a peer that died (the root cause) before reporting.
 DEATH_GRACE_S = 3.0
+HEALTH_TIMEOUT_S = worker_pool.HEALTH_TIMEOUT_S
+
+#: Forwarded worker warnings and log records are logged here on the driver, with the rank.
+worker_logger = logging.getLogger("shardtrain.worker")
 
 #: What ``on_progress`` receives: the new events (records from ``runtime.events``) and the
 #: newest snapshot past the one the driver has (or None).
 ProgressCallback = Callable[[list[Any], Snapshot | None], None]
 
 
-class Reporter:
-    """Handed to the rank function: events and checkpoints for the driver to pick up."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._events: list[Any] = []
-        self._snapshot: Snapshot | None = None
-
-    def report(self, event: Any) -> None:
-        with self._lock:
-            self._events.append(event)
-
-    def checkpoint(self, step: int, data: bytes) -> None:
-        with self._lock:
-            self._snapshot = Snapshot(step, data)
-
-    def take(self, cursor: int, have_step: int) -> tuple[list[Any], Snapshot | None]:
-        with self._lock:
-            snapshot = self._snapshot
-            if snapshot is not None and snapshot.step <= have_step:
-                snapshot = None
-            return self._events[cursor:], snapshot
-
-
-class _TrainWorker:
-    """The actor: runs one rank's function at a time; a second thread answers polls."""
-
-    def __init__(self, rank: int) -> None:
-        self.rank = rank  # an actor serves the same rank of its group for its whole life
-        self.reporter = Reporter()
-
-    def __repr__(self) -> str:  # Ray prefixes this worker's log lines with it
-        return f"TrainWorker(rank={self.rank})"
-
-    def info(self) -> dict[str, Any]:
-        import ray
-
-        return {
-            "ip": ray.util.get_node_ip_address(),
-            "pid": os.getpid(),
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
-        }
-
-    def run(self, rank: int, world_size: int, fn: Callable, kwargs: dict[str, Any]) -> Any:
-        self.reporter = Reporter()
-        with bind_worker(WorkerInfo(rank=rank, world_size=world_size)):
-            return fn(self.reporter, **kwargs)
-
-    def poll(self, cursor: int, have_step: int):
-        return self.reporter.take(cursor, have_step)
-
-
-_actor_class = None
-
-
-def _actor():
-    global _actor_class
-    if _actor_class is None:
-        import ray
-
-        _actor_class = ray.remote(max_concurrency=2)(_TrainWorker)
-    return _actor_class
-
-
-def _job_id() -> str:
-    import ray
-
-    return ray.get_runtime_context().get_job_id()
-
-
-class _PlacementTimeout(ScalingConfigError):
-    """Internal: one placement try ran out of time (``lease`` decides whether to try again)."""
-
-
 class WorkerGroup:
-    """``shape.num_workers`` actors in one placement group.
+    """``shape.num_workers`` actors in one placement group, leased from the cluster's pool.
 
     Each bundle holds ``workers_per_bundle`` actors (a bundle is placed on one node): GBDT
     groups use one actor per bundle spread over nodes; PyTorch groups use one bundle per node
-    holding that node's workers, so node and local ranks are exact.
+    holding that node's workers, so node and local ranks are exact. The driver calls the
+    actors directly; the pool owns them (``shutdown`` asks it to kill them).
     """
 
     def __init__(
         self,
         shape: WorkerShape,
-        strategy: str = "SPREAD",
-        workers_per_bundle: int = 1,
-        placement_timeout_s: float | None = None,
+        strategy: str,
+        workers_per_bundle: int,
+        grant: dict[str, Any],
+        pool: Any,
+        lease_id: str,
     ) -> None:
-        import ray
-        from ray.util.placement_group import placement_group, remove_placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
         self.shape = shape
         self.strategy = strategy
         self.workers_per_bundle = workers_per_bundle
-        self.job_id = _job_id()
-        bundle = {"CPU": shape.cpus * workers_per_bundle}
-        if shape.gpus:
-            bundle["GPU"] = shape.gpus * workers_per_bundle
-        self._pg = placement_group(
-            [dict(bundle) for _ in range(shape.num_workers // workers_per_bundle)],
-            strategy=strategy,
-        )
-        timeout = (
-            env.PLACEMENT_TIMEOUT_S.get() if placement_timeout_s is None else placement_timeout_s
-        )
-        if not self._pg.wait(timeout_seconds=timeout):
-            remove_placement_group(self._pg)
-            raise _PlacementTimeout(
-                f"could not reserve {shape.num_workers} workers x ({bundle}) within "
-                "{waited} s; the cluster has "
-                f"{cluster_shape().describe()} and {ray.available_resources()} free. Ask for "
-                "less, or free the resources.",
-                field="num_workers",
-            )
-        self.workers = [
-            _actor()
-            .options(
-                num_cpus=shape.cpus,
-                num_gpus=shape.gpus,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    self._pg, i // workers_per_bundle
-                ),
-            )
-            .remote(i)
-            for i in range(shape.num_workers)
-        ]
-        self.infos = ray.get([w.info.remote() for w in self.workers])
+        self.id: str = grant["id"]
+        self.workers: list[Any] = grant["workers"]
+        self.infos: list[dict[str, Any]] = grant["infos"]
         self.alive = True
+        self._pool = pool
+        self._lease = lease_id
 
     @property
     def world_size(self) -> int:
@@ -204,12 +108,14 @@ class WorkerGroup:
         """``fn(reporter, **rank_kwargs[rank])`` on every rank; results in rank order."""
         import ray
 
+        run_id = uuid.uuid4().hex
         refs = [
-            w.run.remote(rank, self.world_size, fn, kwargs)
+            w.run.remote(rank, self.world_size, fn, kwargs, run_id)
             for rank, (w, kwargs) in enumerate(zip(self.workers, rank_kwargs, strict=True))
         ]
         rank_of = {ref: rank for rank, ref in enumerate(refs)}
         pending, cursor = list(refs), 0
+        logs = _LogRelay(self.workers, run_id)
         try:
             while pending:
                 ready, pending = ray.wait(
@@ -217,14 +123,19 @@ class WorkerGroup:
                 )
                 failed = [ref for ref in ready if self._error(ref, rank_of[ref])]
                 if failed:
+                    logs.drain(final=True)
                     self._raise_root_cause(failed, pending, rank_of)
                 if on_progress is not None:
-                    events, snapshot = ray.get(self.workers[0].poll.remote(cursor, have_step))
+                    events, snapshot = ray.get(
+                        self.workers[0].poll.remote(cursor, have_step, run_id)
+                    )
                     cursor += len(events)
                     if snapshot is not None:
                         have_step = snapshot.step
                     if events or snapshot is not None:
                         on_progress(events, snapshot)
+                logs.drain()
+            logs.drain(final=True)
             return ray.get(refs)
         except BaseException:
             self.shutdown()  # peers may hang in a collective: never leave them running
@@ -273,137 +184,185 @@ class WorkerGroup:
         raise min(errors, key=severity)
 
     def shutdown(self) -> None:
+        """Have the pool kill this group now (its resources come back before this returns)."""
         import ray
-        from ray.util.placement_group import remove_placement_group
 
         if not self.alive:
             return
         self.alive = False
-        for worker in self.workers:
-            try:
-                ray.kill(worker, no_restart=True)
-            except Exception:  # already dead
-                pass
         try:
-            remove_placement_group(self._pg)
-        except Exception:
+            ray.get(self._pool.discard.remote(self._lease), timeout=worker_pool.CALL_TIMEOUT_S)
+        except Exception:  # the pool is gone, and its actors with it
             pass
-        _forget(self)
 
 
-# -- the warm pool -------------------------------------------------------------------------------
+class _LogRelay:
+    """Fetches the records every rank forwards and logs them on the driver, in order per rank."""
+
+    def __init__(self, workers: list[Any], run_id: str) -> None:
+        self.workers, self.run_id = workers, run_id
+        self.cursors = [0] * len(workers)
+        self.next_at = time.monotonic() + LOG_POLL_S
+
+    def drain(self, final: bool = False) -> None:
+        """Every ``LOG_POLL_S`` (or now, when ``final``): what the ranks forwarded since."""
+        import ray
+
+        if not final and time.monotonic() < self.next_at:
+            return
+        self.next_at = time.monotonic() + LOG_POLL_S
+        refs = [
+            w.poll_logs.remote(c, self.run_id)
+            for w, c in zip(self.workers, self.cursors, strict=True)
+        ]
+        for rank, ref in enumerate(refs):
+            try:
+                records: list[WorkerLog] = ray.get(ref, timeout=HEALTH_TIMEOUT_S)
+            except Exception:  # a dead rank: its failure is reported elsewhere
+                continue
+            self.cursors[rank] += len(records)
+            for record in records:
+                worker_logger.log(
+                    record.level, "[rank %d] %s: %s", record.rank, record.logger, record.message
+                )
+
+
+# -- leases -------------------------------------------------------------------------------------
 
 _lock = threading.Lock()
-#: Notified whenever a leased group is given back (or dropped): queued fits look again.
-_released = threading.Condition(_lock)
-_placing = 0  # leases of this process creating a group right now
-_idle: list[tuple[WorkerGroup, float]] = []
+#: This process's leased groups (``shutdown_workers`` marks them dead when it kills them).
 _busy: list[WorkerGroup] = []
 
 
-def _idle_seconds() -> float:
-    return env.WORKER_IDLE_S.get()
+def _placement_error(shape: WorkerShape, workers_per_bundle: int, waited: float) -> Exception:
+    import ray
 
-
-def _forget(group: WorkerGroup) -> None:
-    with _released:
-        _idle[:] = [(g, t) for g, t in _idle if g is not group]
-        if group in _busy:
-            _busy.remove(group)
-        _released.notify_all()
-
-
-def _sweep() -> None:
-    """Drop idle groups past their idle time or from a previous Ray session."""
-    now = time.monotonic()
-    with _lock:
-        stale = [g for g, t in _idle if now - t > _idle_seconds() or g.job_id != _job_id()]
-    for group in stale:
-        group.shutdown()
+    bundle = {"CPU": shape.cpus * workers_per_bundle}
+    if shape.gpus:
+        bundle["GPU"] = shape.gpus * workers_per_bundle
+    return ScalingConfigError(
+        f"could not reserve {shape.num_workers} workers x ({bundle}) within {waited:g} s; the "
+        f"cluster has {cluster_shape().describe()} and {ray.available_resources()} free. Ask "
+        "for less, or free the resources.",
+        field="num_workers",
+    )
 
 
 @contextmanager
 def lease(
     shape: WorkerShape, strategy: str = "SPREAD", workers_per_bundle: int = 1
 ) -> Iterator[WorkerGroup]:
-    """A worker group of this shape: a healthy warm one when the pool has it, else a new one.
+    """A worker group of this shape from the cluster's pool: a healthy warm one when the pool
+    has one idle, else a new one.
 
-    Idle groups of other shapes give way (their resources go to the new group). When other
-    fits of this process hold the workers it needs, the fit queues until one of them gives a
-    group back, so fits from several threads of one driver run one after another.
+    Idle groups of other shapes (or other drivers' runtime environments) give way to it. When
+    other leases, of this process or any other driver, hold the workers it needs, the fit
+    queues until they give them back, without a deadline; otherwise it fails after
+    ``SHARDTRAIN_PLACEMENT_TIMEOUT_S`` with a ``ScalingConfigError``. The lease is renewed in
+    the background: if this process dies, the pool kills the group after
+    ``SHARDTRAIN_WORKER_LEASE_TIMEOUT_S``.
     """
-    global _placing
-    _sweep()
     key = (shape, strategy, workers_per_bundle)
+    lease_id = uuid.uuid4().hex
     timeout = env.PLACEMENT_TIMEOUT_S.get()
+    lease_timeout = env.WORKER_LEASE_TIMEOUT_S.get()
     deadline = time.monotonic() + timeout
-    while True:
-        with _lock:
-            index = next(
-                (
-                    i
-                    for i, (g, _) in enumerate(_idle)
-                    if (g.shape, g.strategy, g.workers_per_bundle) == key
-                ),
-                None,
+    queued = False
+    try:
+        while True:
+            wait = (
+                QUEUE_TRY_S if queued else min(PLACEMENT_TRY_S, max(deadline - time.monotonic(), 0))
             )
-            group = _idle.pop(index)[0] if index is not None else None
-            others = [g for g, _ in _idle] if group is None else []
-            if group is None:
-                others_active = bool(_busy) or _placing > 0
-                _placing += 1
-            else:
-                _busy.append(group)  # leased: no other thread may take or sweep it
-        if group is not None:
-            if group.healthy():
+            pool, reply = worker_pool.acquire(lease_id, key, wait, lease_timeout)
+            if reply["granted"]:
                 break
-            logger.info("a warm worker group has a dead worker; starting a new one")
-            group.shutdown()
-            continue
-        for other in others:  # idle groups give way to a fit that needs their resources
-            other.shutdown()
-        try:
-            group = WorkerGroup(
-                shape,
-                strategy,
-                workers_per_bundle,
-                placement_timeout_s=min(PLACEMENT_TRY_S, max(deadline - time.monotonic(), 0)),
-            )
-        except _PlacementTimeout as exc:
-            if others_active:  # queue behind the fits of this process: no deadline
+            busy = reply["others_busy"] + worker_pool.others_give_way(lease_id)
+            queued = busy > 0
+            if queued:  # behind other fits: no deadline while they run
                 deadline = time.monotonic() + timeout
             elif time.monotonic() >= deadline:
-                raise ScalingConfigError(
-                    exc.message.format(waited=f"{timeout:g}"), **exc.details
-                ) from None
-            with _released:  # until a fit of this process gives a group back
-                _released.wait(QUEUE_RECHECK_S if others_active else 0.1)
-            continue
-        finally:
-            with _lock:
-                _placing -= 1
-        with _lock:
-            _busy.append(group)
-        break
+                raise _placement_error(shape, workers_per_bundle, timeout)
+    except BaseException:
+        worker_pool.drop(lease_id)
+        raise
+    group = WorkerGroup(shape, strategy, workers_per_bundle, reply, pool, lease_id)
+    with _lock:
+        _busy.append(group)
     try:
         yield group
     finally:
-        with _released:
+        with _lock:
             if group in _busy:
                 _busy.remove(group)
+        try:
             if group.alive:
-                _idle.append((group, time.monotonic()))
-            _released.notify_all()
-        if group.alive:
-            timer = threading.Timer(_idle_seconds() + 0.5, _sweep)
-            timer.daemon = True
-            timer.start()
+                _give_back(group, pool, lease_id)
+        finally:
+            worker_pool.drop(lease_id)
+
+
+def _give_back(group: WorkerGroup, pool: Any, lease_id: str) -> None:
+    import ray
+
+    try:
+        kept = ray.get(
+            pool.release.remote(lease_id, env.WORKER_IDLE_S.get()),
+            timeout=worker_pool.CALL_TIMEOUT_S,
+        )
+    except Exception:  # the pool is gone, and its actors with it
+        kept = False
+    group.alive = bool(kept)
 
 
 def shutdown_workers(include_busy: bool = True) -> int:
-    """Kill pooled worker groups (and running ones unless ``include_busy=False``)."""
+    """Kill the idle worker groups in the cluster's pools and, unless ``include_busy=False``,
+    the ones this process has leased (never another driver's running groups)."""
+    import ray
+
+    if not ray.is_initialized():
+        return 0
     with _lock:
-        groups = [g for g, _ in _idle] + (list(_busy) if include_busy else [])
-    for group in groups:
-        group.shutdown()
-    return len(groups)
+        mine = list(_busy) if include_busy else []
+    killed = worker_pool.shutdown_all(include_busy)
+    for group in mine:
+        group.alive = False
+    return killed
+
+
+def idle_groups() -> list[dict[str, Any]]:
+    """The idle groups of this driver's pool, as the pool describes them (pids, shape, ...)."""
+    import ray
+
+    if not ray.is_initialized():
+        return []
+    groups = ray.get(worker_pool.pool().describe.remote(), timeout=worker_pool.CALL_TIMEOUT_S)
+    return [g for g in groups if g.get("state") == "idle"]
+
+
+class _IdleView:
+    """What tests written for the in-process pool read of an idle group."""
+
+    def __init__(self, described: dict[str, Any]) -> None:
+        self.id = described["id"]
+        self.infos = [
+            {"pid": pid, "ip": ip}
+            for pid, ip in zip(described["pids"], described["nodes"], strict=True)
+        ]
+
+    @property
+    def alive(self) -> bool:
+        """Whether the pool still has this group."""
+        import ray
+
+        described = ray.get(
+            worker_pool.pool().describe.remote(), timeout=worker_pool.CALL_TIMEOUT_S
+        )
+        return any(g.get("id") == self.id for g in described)
+
+
+def __getattr__(name: str) -> Any:
+    # ``_idle`` was the in-process pool's list of (group, idle since); it is now read from the
+    # cluster's pool on each access.
+    if name == "_idle":
+        return [(_IdleView(g), g["for_s"]) for g in idle_groups()]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,6 +28,9 @@ def rebatch(
     pending: list[pa.RecordBatch] = []
     pending_rows = 0
     for batch in batches:
+        if not pending and batch.num_rows == batch_size:  # already exact: pass it through
+            yield batch
+            continue
         while batch.num_rows:
             if not pending and batch.num_rows >= batch_size:
                 yield batch.slice(0, batch_size)

@@ -146,7 +146,7 @@ class DataConnector:
             stream = (b for i in order for b in pieces[i].iter_batches(columns))
             stream = shuffle_buffered(stream, max(shuffle_buffer_rows, batch_size or 1), rng)
         else:
-            stream = self._source.iter_batches(columns)
+            stream = self._source.iter_batches(columns, batch_rows=batch_size)
         if batch_size is None:
             yield from stream
         else:

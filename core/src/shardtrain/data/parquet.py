@@ -12,6 +12,16 @@ import pyarrow as pa
 from shardtrain.data.source import Source, slice_batches
 from shardtrain.errors import DataSourceError, SchemaError, ShardtrainError, redact_url, scrub
 
+#: Rows per decoded batch when the caller asks for batches as stored (pyarrow's own default).
+DEFAULT_READ_ROWS = 65_536
+#: The smallest batch decoded; smaller batch sizes are cut from a multiple of themselves.
+MIN_READ_ROWS = 8_192
+#: Row groups read ahead of the one being consumed (each at most once pre-buffered and
+#: decoded): the memory bound is these plus the current one.
+ROW_GROUP_READAHEAD = 1
+#: Batches decoded ahead within a row group (Arrow's default); bounded by the row group.
+BATCH_READAHEAD = 16
+
 
 def _redact_url(url: str) -> str:
     return redact_url(url)
@@ -20,11 +30,15 @@ def _redact_url(url: str) -> str:
 class ParquetSource(Source):
     """Parquet files read with pyarrow; row groups are the units (footers read, not data).
 
+    Every batch is freshly decoded, so consumers may hand its buffers out without a copy.
+
     Args:
         path: a file, a folder, or a glob; a local path or an fsspec URL (``s3://``, ...).
         filesystem: an fsspec or pyarrow filesystem to read ``path`` with (optional).
         storage_options: fsspec options (endpoint, credentials) when ``path`` is a URL.
     """
+
+    owns_batches = True
 
     def __init__(
         self,
@@ -106,21 +120,47 @@ class ParquetSource(Source):
         }
 
     def _read_range(self, start, stop, columns):
-        import pyarrow.parquet as pq
+        return self._read_sized(start, stop, columns, None)
 
-        by_file: dict[int, list[tuple[int, int, int]]] = {}
-        for unit, lo, hi in self._units_in(start, stop):
+    def _read_sized(self, start, stop, columns, batch_rows):
+        """The range through Arrow's scanner, one fragment per row group: the next row group
+        is read and decoded on Arrow's threads while this one is consumed, and pre-buffering
+        never spans more than one row group (a whole-file pre-buffer would hold all of it)."""
+        import pyarrow.dataset as ds
+
+        units = list(self._units_in(start, stop))
+        if not units:
+            return
+        file_format = ds.ParquetFileFormat(
+            default_fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=True)
+        )
+        whole_files: dict[int, Any] = {}
+        fragments = []
+        for unit, _, _ in units:
             file_index, group = self._unit_location[unit]
-            by_file.setdefault(file_index, []).append((group, lo, hi))
-        for file_index, groups in by_file.items():
-            with self._fs.open_input_file(self._files[file_index]) as handle:
-                reader = pq.ParquetFile(handle, pre_buffer=True)
-                # One row group per read: pre-buffering a whole file would hold all of it.
-                for group, lo, hi in groups:
-                    batches = reader.iter_batches(
-                        row_groups=[group], columns=columns, use_threads=True
-                    )
-                    yield from slice_batches(batches, lo, hi - lo)
+            if file_index not in whole_files:
+                whole = file_format.make_fragment(self._files[file_index], self._fs)
+                whole.ensure_complete_metadata()  # one footer read per file, shared by subsets
+                whole_files[file_index] = whole
+            fragments.append(whole_files[file_index].subset(row_group_ids=[group]))
+        dataset = ds.FileSystemDataset(fragments, self._schema, file_format, self._fs)
+        batches = dataset.to_batches(
+            columns=columns,
+            batch_size=read_rows(batch_rows),
+            batch_readahead=BATCH_READAHEAD,
+            fragment_readahead=ROW_GROUP_READAHEAD,
+            use_threads=True,
+        )
+        # Units are contiguous: skip into the first row group, stop inside the last.
+        yield from slice_batches(batches, units[0][1], stop - start)
+
+
+def read_rows(batch_rows: int | None) -> int:
+    """Rows per decoded batch: the caller's batch size, or a multiple of it for small
+    ones (decoding tiny batches is slow; slicing the result into them is free)."""
+    if batch_rows is None:
+        return DEFAULT_READ_ROWS
+    return batch_rows * -(-MIN_READ_ROWS // batch_rows)
 
 
 def _resolve_filesystem(path: str, filesystem: Any, storage_options: dict[str, Any] | None):

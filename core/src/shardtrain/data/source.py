@@ -37,6 +37,9 @@ class Source:
     _unit_rows: list[int]
     #: False where a forked child process cannot read the source (Ray object refs).
     fork_safe: bool = True
+    #: True where every batch read owns fresh memory that nothing else refers to (decoded
+    #: Parquet), so a consumer may hand its buffers out without copying (torch tensors).
+    owns_batches: bool = False
 
     def __init__(self, window: tuple[int, int] | None = None) -> None:
         self._offsets = [0]
@@ -87,11 +90,17 @@ class Source:
         return clone
 
     # -- reading -----------------------------------------------------------------------
-    def iter_batches(self, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
-        """The window's rows in order, as record batches of whatever size the storage has."""
+    def iter_batches(
+        self, columns: Sequence[str] | None = None, *, batch_rows: int | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """The window's rows in order, as record batches of whatever size the storage has.
+
+        ``batch_rows`` is a hint: a source that decodes (Parquet) cuts its batches at that
+        size, so exact-size rebatching passes them through instead of slicing or copying.
+        """
         columns = self.check_columns(columns)
         start, stop = self._window
-        for batch in self._read_range(start, stop, columns):
+        for batch in self._read_sized(start, stop, columns, batch_rows):
             if batch.num_rows:
                 yield batch
 
@@ -125,6 +134,13 @@ class Source:
     ) -> Iterator[pa.RecordBatch]:
         raise NotImplementedError
 
+    def _read_sized(
+        self, start: int, stop: int, columns: list[str] | None, batch_rows: int | None
+    ) -> Iterator[pa.RecordBatch]:
+        """``_read_range`` with the batch-size hint; sources whose units are already in
+        memory ignore it (their slices cost nothing)."""
+        return self._read_range(start, stop, columns)
+
 
 def check_unique_columns(names: Sequence[str]) -> None:
     seen: set[str] = set()
@@ -149,6 +165,10 @@ def slice_batches(
         n = batch.num_rows
         if skip >= n:
             skip -= n
+            continue
+        if not skip and n <= take:  # the whole batch: no slice object to make
+            take -= n
+            yield batch
             continue
         piece = batch.slice(skip, min(take, n - skip))
         skip = 0
@@ -211,6 +231,7 @@ class ConcatSource(Source):
                 )
         self._unit_rows = [s.num_rows for s in self._sources]
         self.fork_safe = all(s.fork_safe for s in self._sources)
+        self.owns_batches = all(s.owns_batches for s in self._sources)
         super().__init__()
 
     def describe(self) -> dict[str, Any]:
@@ -232,8 +253,13 @@ class ConcatSource(Source):
         return pieces
 
     def _read_range(self, start, stop, columns):
+        return self._read_sized(start, stop, columns, None)
+
+    def _read_sized(self, start, stop, columns, batch_rows):
         for unit, lo, hi in self._units_in(start, stop):
-            yield from self._sources[unit].slice(lo, hi).iter_batches(columns)
+            yield from (
+                self._sources[unit].slice(lo, hi).iter_batches(columns, batch_rows=batch_rows)
+            )
 
 
 def pandas_source(frame: Any, description: dict[str, Any] | None = None) -> ArrowTableSource:

@@ -102,5 +102,7 @@ def get_provider_info() -> dict:
         "extra-links": [
             "shardtrain_airflow.links.ModelLocationLink",
             "shardtrain_airflow.links.RayJobLink",
+            "shardtrain_airflow.links.TrainingCurveLink",
+            "shardtrain_airflow.links.RayDashboardLink",
         ],
     }

@@ -3,49 +3,24 @@ would resolve against the Airflow UI's own page)."""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
 
 from airflow.sdk import BaseOperator, BaseOperatorLink
 
+from shardtrain.model.curves import curves_uri
+from shardtrain.runtime.dashboard import dashboard_url
+from shardtrain.stage.urls import browse_url
+
 #: XCom key under which a task run as a Ray Job records its submission id and dashboard URL.
 RAY_JOB_XCOM = "ray_job"
-
-
-_SNOWFLAKE_STAGE = re.compile(r"^@([A-Za-z_][\w$]*)\.([A-Za-z_][\w$]*)\.([A-Za-z_][\w$]*)(/.*)?$")
+#: XCom key under which a task training in its own process records its cluster's dashboard.
+RAY_DASHBOARD_XCOM = "ray_dashboard"
 
 
 def model_url(uri: str | None) -> str:
-    """A URL a browser opens for a model location, or "" when there is none.
-
-    S3 and GCS open in their cloud consoles, a Snowflake ``@DB.SCHEMA.STAGE`` in Snowsight's
-    stage page, a local stage as a ``file://`` URL, an http(s) URL as itself. Locations with no
-    page (``memory://``, a user stage ``@~``, a stage without database and schema) get none.
-    """
-    if not uri:
-        return ""
-    if uri.startswith("@"):
-        match = _SNOWFLAKE_STAGE.match(uri)
-        if not match:
-            return ""
-        database, schema, stage = (quote(part) for part in match.groups()[:3])
-        return (
-            "https://app.snowflake.com/_deeplink/#/data/databases/"
-            f"{database}/schemas/{schema}/stage/{stage}"
-        )
-    parts = urlsplit(uri)
-    scheme, bucket, key = parts.scheme, parts.netloc, parts.path.strip("/")
-    if scheme in ("s3", "s3a"):
-        return f"https://s3.console.aws.amazon.com/s3/buckets/{bucket}?prefix={quote(key)}/"
-    if scheme in ("gs", "gcs"):
-        return f"https://console.cloud.google.com/storage/browser/{bucket}/{quote(key)}"
-    if scheme in ("http", "https", "file"):
-        return uri
-    if scheme == "" and uri.startswith("/"):
-        return Path(uri).as_uri()
-    return ""
+    """A URL a browser opens for a model location, or "" when there is none (see
+    ``shardtrain.stage.urls.browse_url``: the Prefect collection's artifacts use it too)."""
+    return browse_url(uri)
 
 
 class ModelLocationLink(BaseOperatorLink):
@@ -70,3 +45,42 @@ class RayJobLink(BaseOperatorLink):
 
         value = XCom.get_value(ti_key=ti_key, key=RAY_JOB_XCOM)
         return (value or {}).get("dashboard_url", "") if isinstance(value, dict) else ""
+
+
+class TrainingCurveLink(BaseOperatorLink):
+    """The extra link of a training task: the image of its per-round metrics, published beside
+    the model (``shardtrain.model.curves``), where the stage has a browsable URL."""
+
+    name = "Training curve"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: Any) -> str:
+        from airflow.sdk.execution_time.xcom import XCom
+
+        value = XCom.get_value(ti_key=ti_key, key="return_value")
+        uri = curves_uri(value) if isinstance(value, dict) else None
+        return browse_url(uri, is_file=True)
+
+
+class RayDashboardLink(BaseOperatorLink):
+    """The extra link of a training task: its Ray cluster's dashboard (the job's page when
+    it ran as a Ray Job), when the cluster runs one."""
+
+    name = "Ray dashboard"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: Any) -> str:
+        from airflow.sdk.execution_time.xcom import XCom
+
+        value = XCom.get_value(ti_key=ti_key, key=RAY_DASHBOARD_XCOM)
+        if isinstance(value, str) and value:
+            return value
+        job = XCom.get_value(ti_key=ti_key, key=RAY_JOB_XCOM)
+        return (job or {}).get("dashboard_url", "") if isinstance(job, dict) else ""
+
+
+def record_dashboard(context: Any, log: Any) -> None:
+    """Name the connected cluster's dashboard in the task log and record it for
+    ``RayDashboardLink`` (before training: a failed task links to it too)."""
+    url = dashboard_url()
+    if url:
+        log.info("Ray dashboard: %s", url)
+        context["ti"].xcom_push(key=RAY_DASHBOARD_XCOM, value=url)

@@ -12,14 +12,21 @@ flow and task run, logging to the run's log, and Prefect artifacts.
 import contextlib
 import dataclasses
 import logging
-import re
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from prefect_shardtrain.artifacts import (
+    artifact_key,
+    progress_bar,
+    publish_curves,
+    publish_dashboard,
+)
+from prefect_shardtrain.assets import declare_registration, declare_training, record_model
 from prefect_shardtrain.blocks import ModelStage, RayCluster
+from prefect_shardtrain.library_logs import library_logs
 from shardtrain import DataConnector, ModelArtifact
 from shardtrain.errors import ConfigError
 from shardtrain.integrations import (
@@ -32,6 +39,7 @@ from shardtrain.integrations import (
 from shardtrain.jobs import submit
 from shardtrain.model.registry import RegisteredModel
 from shardtrain.model.registry import register_model as register
+from shardtrain.runtime.dashboard import dashboard_url
 
 #: Data as tasks take it: a Parquet path, {"table"|"query"|"path": ...}, or a DataConnector.
 TrainingData = str | dict[str, str] | DataConnector
@@ -77,13 +85,9 @@ def forwarded_logs() -> Iterator[None]:
         source.propagate = propagate
 
 
-def artifact_key(request_id: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
-    return re.sub(r"[^a-z0-9-]+", "-", request_id.lower())[:90].strip("-")
-
-
 def publish_artifacts(artifact: ModelArtifact) -> None:
     """A table of final metrics and a markdown note with the model's location."""
+    record_model(artifact)  # the model asset's metadata: final metrics
     rows = [
         {"data set": s, "metric": m, "value": v}
         for s, ms in artifact.metrics.items()
@@ -102,6 +106,7 @@ def publish_artifacts(artifact: ModelArtifact) -> None:
         key=f"model-{key}",
         description="Where the trained model is",
     )
+    publish_curves(artifact)  # the per-round metrics as an image, beside the table
 
 
 def _split(named: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, DataConnector]]:
@@ -128,6 +133,7 @@ def _run(
             f"the stage {stage.uri!r} is a Snowflake stage: give the ModelStage "
             "snowflake_credentials (or local_testing=True)."
         )
+    declare_training(spec, snowflake or stage.snowflake_credentials)  # data -> model assets
     cluster = ray_cluster or RayCluster()
     if cluster.uses_jobs() if as_job is None else as_job:
         return _run_as_job(spec, cluster=cluster, stage=stage, train_func=train_func, held=held)
@@ -137,8 +143,10 @@ def _run(
             "the training data is a Snowflake table or query: pass snowflake= (a "
             "prefect-snowflake SnowflakeConnector or SnowflakeCredentials block) to the task."
         )
-    cluster.connect()
     with contextlib.ExitStack() as opened:
+        opened.enter_context(library_logs("ray"))  # Ray's lines in the run's log, at their level
+        cluster.connect()
+        publish_dashboard(spec.request_id, dashboard_url())
         session = opened.enter_context(stage.open_session()) if stage.needs_session else None
         data_session = None
         if reads_snowflake:
@@ -150,7 +158,7 @@ def _run(
                 )
             else:  # no data block: the stage's credentials read the data, as they always did
                 data_session = session or opened.enter_context(stage.open_session())
-        with forwarded_logs():
+        with forwarded_logs(), progress_bar(spec.request_id):
             artifact = run_training(
                 spec,
                 session=session,
@@ -191,7 +199,14 @@ def _run_as_job(
         key=f"ray-job-{artifact_key(spec.request_id)}",
         description="The Ray job training this model",
     )
-    handle.wait(poll_s=1.0, on_log=lambda line: logger.info("[ray job] %s", line))
+    publish_dashboard(spec.request_id, handle.dashboard_url, "Ray job")
+
+    def on_log(line: str) -> None:
+        logger.info("[ray job] %s", line)
+        bar.from_log(line)  # the job's progress lines move the bar
+
+    with progress_bar(spec.request_id) as bar:
+        handle.wait(poll_s=1.0, on_log=on_log)
     with stage.open_session() as session:
         artifact = handle.result(session=session, storage_options=stage.options())
     if artifact is not None:
@@ -380,7 +395,8 @@ def register_model(
     factory, or its dotted path.
     """
     stage = stage or ModelStage()
-    with stage.open_session() as session:
+    libraries = () if registry == "snowflake" else ("mlflow",)  # its events in the run's log
+    with stage.open_session() as session, library_logs(*libraries):
         registered = register(
             artifact,
             name=name,
@@ -397,4 +413,5 @@ def register_model(
         registered.version,
         registered.model_uri,
     )
+    declare_registration(registered, registry, stage.snowflake_credentials)  # model -> entry
     return registered

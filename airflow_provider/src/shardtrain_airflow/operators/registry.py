@@ -9,6 +9,7 @@ from airflow.sdk import BaseOperator
 
 from shardtrain.integrations import resolve_module
 from shardtrain_airflow.hooks.snowpark import optional_session
+from shardtrain_airflow.library_logs import library_logs
 
 
 class RegisterModelOperator(BaseOperator):
@@ -48,7 +49,9 @@ class RegisterModelOperator(BaseOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from shardtrain.model.registry import register_model
 
-        with optional_session(self.snowflake_conn_id) as session:
+        # MLflow's registry events at info in the task log, not at error
+        libraries = () if self.registry == "snowflake" else ("mlflow",)
+        with optional_session(self.snowflake_conn_id) as session, library_logs(*libraries):
             registered = register_model(
                 self.model,
                 name=self.name,
@@ -67,4 +70,12 @@ class RegisterModelOperator(BaseOperator):
             registered.model_uri,
             registered.source_uri,
         )
+        self._registered = registered  # for get_openlineage_facets_on_complete
         return registered.to_dict()
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage (called by the optional OpenLineage provider only): the published model
+        in, its registry entry out."""
+        from shardtrain_airflow.lineage import for_registration
+
+        return for_registration(self)

@@ -29,7 +29,15 @@ from shardtrain.integrations.spec import is_snowflake_stage
 from shardtrain.jobs import TERMINAL, JobHandle, submit
 from shardtrain_airflow.hooks.ray import RayHook
 from shardtrain_airflow.hooks.snowpark import optional_session
-from shardtrain_airflow.links import RAY_JOB_XCOM, ModelLocationLink, RayJobLink
+from shardtrain_airflow.library_logs import library_logs
+from shardtrain_airflow.links import (
+    RAY_JOB_XCOM,
+    ModelLocationLink,
+    RayDashboardLink,
+    RayJobLink,
+    TrainingCurveLink,
+    record_dashboard,
+)
 from shardtrain_airflow.triggers.ray_job import RayJobTrigger
 
 try:  # Airflow 3.1+
@@ -56,7 +64,12 @@ class TrainOperator(BaseOperator):
 
     framework: str = ""
     template_fields: Sequence[str] = ("artifact_stage_location",)
-    operator_extra_links = (ModelLocationLink(), RayJobLink())
+    operator_extra_links = (
+        ModelLocationLink(),
+        RayJobLink(),
+        TrainingCurveLink(),
+        RayDashboardLink(),
+    )
 
     def __init__(
         self,
@@ -127,12 +140,17 @@ class TrainOperator(BaseOperator):
         return self.run_as_job is None and RayHook(self.ray_conn_id).uses_jobs()
 
     def execute(self, context: Any) -> dict[str, Any] | None:
+        with library_logs("ray"):  # Ray's info lines at info in the task log, not at error
+            return self._execute(context)
+
+    def _execute(self, context: Any) -> dict[str, Any] | None:
         spec = self.training_spec(context)
         if self.uses_jobs():
             return self._execute_as_job(spec, context)
         conn_id = self.snowflake_conn_id if spec.needs_session else None
         with optional_session(conn_id) as session:
             RayHook(self.ray_conn_id).connect()
+            record_dashboard(context, self.log)
             artifact = run_training(
                 spec,
                 session=session,
@@ -194,6 +212,7 @@ class TrainOperator(BaseOperator):
         self.log.info("[ray job] %s", line)
 
     def _returned(self, artifact: Any) -> dict[str, Any] | None:
+        self._published = artifact  # for get_openlineage_facets_on_complete
         if artifact is None:
             self.log.warning("train_func saved no model under get_model_dir(): nothing published")
             return None
@@ -207,6 +226,13 @@ class TrainOperator(BaseOperator):
             self._job.cancel()
             self.log.info("stopped Ray job %s", self._job.submission_id)
         shutdown_workers()
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage (called by the optional OpenLineage provider only): the training and
+        eval data in, the published model out; on failure, where it was to go."""
+        from shardtrain_airflow.lineage import for_training
+
+        return for_training(self, task_instance)
 
 
 class BoostingTrainOperator(TrainOperator):

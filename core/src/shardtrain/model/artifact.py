@@ -72,6 +72,7 @@ class ModelArtifact:
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     files: list[dict[str, Any]] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
+    curves: str | None = None  # the training-curve image's URI (shardtrain.model.curves)
 
     def __post_init__(self) -> None:
         spec(self.framework)  # refuses an unknown framework

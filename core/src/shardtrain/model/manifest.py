@@ -1,7 +1,9 @@
 """The manifest of a published model (``model/<request_id>/_MANIFEST.json``): its format, how
 files are fingerprinted, and reading one back, refusing anything that is not a manifest.
 
-Shared by publishing (which writes it last) and loading (which follows it).
+Shared by publishing (which writes it last) and loading (which follows it). ``curves`` names
+the training-curve image's URI (``model.curves``); manifests without it, older ones included,
+read the same, and older readers ignore it.
 """
 
 from __future__ import annotations
@@ -94,6 +96,9 @@ def check_manifest(manifest: dict[str, Any], where: str) -> None:
         if path in paths:
             raise bad(f"file {path!r} is listed twice")
         paths.add(path)
+    curves = manifest.get("curves")
+    if curves is not None and not isinstance(curves, str):
+        raise bad(f"'curves' must be the training-curve image's URI, got {curves!r}")
     model_file = manifest.get("model_file")
     if model_file is not None and model_file not in paths:
         raise bad(f"model_file {model_file!r} is not one of its files {sorted(paths)}")

@@ -73,6 +73,7 @@ def publish_model(
     model_file: str | None = None,
     session: Any = None,
     storage_options: dict[str, Any] | None = None,
+    curves_file: str | None = None,
     **metadata: Any,
 ) -> ModelArtifact:
     """Publish the files of ``local_dir`` as a model; returns its ``ModelArtifact``.
@@ -84,6 +85,8 @@ def publish_model(
         request_id: the model's folder name; a new time-sortable id when None. Publishing
             again under the same id replaces the model atomically.
         model_file: the file ``load_model`` loads (relative to ``local_dir``).
+        curves_file: the training-curve image among the files (``model.curves``): the
+            artifact's and manifest's ``curves`` is its URI.
         metadata: further ``ModelArtifact`` fields (metrics, params, input_cols, ...).
     """
     spec(framework)  # an unknown framework is refused before anything is uploaded
@@ -98,14 +101,17 @@ def publish_model(
     if not files:
         raise ConfigError(f"nothing to publish: {root} holds no files.", path=str(root))
     entries = [file_entry(p, p.relative_to(root).as_posix()) for p in files]
-    if model_file is not None and model_file not in {e["path"] for e in entries}:
-        raise ConfigError(
-            f"model_file {model_file!r} is not among the files of {root}: "
-            f"{[e['path'] for e in entries]}.",
-            model_file=model_file,
-        )
+    for name, value in (("model_file", model_file), ("curves_file", curves_file)):
+        if value is not None and value not in {e["path"] for e in entries}:
+            raise ConfigError(
+                f"{name} {value!r} is not among the files of {root}: "
+                f"{[e['path'] for e in entries]}.",
+                **{name: value},
+            )
     versions = {**library_versions(framework), **metadata.pop("versions", {})}
     base = join("model", request_id)
+    attempt = _attempt_name()
+    prefix = join(base, attempt)
     artifact = ModelArtifact(
         uri=stage.child_uri(base),
         framework=framework,
@@ -113,11 +119,10 @@ def publish_model(
         model_file=model_file,
         files=entries,
         versions=versions,
+        curves=stage.child_uri(join(prefix, curves_file)) if curves_file else None,
         **metadata,
     )
     before = named_attempt(stage, base)
-    attempt = _attempt_name()
-    prefix = join(base, attempt)
     for path, entry in zip(files, entries, strict=True):
         stage.upload_file(path, join(prefix, entry["path"]))
     _write_manifest(

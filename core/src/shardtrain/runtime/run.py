@@ -5,6 +5,10 @@ and checkpoints (``RunPlan``), its latest checkpoint and the restarts after a wo
 A trainer supplies one *attempt*: lease a worker group, run its ranks from a given
 ``Checkpoint``, and hand the driver its events and snapshots. The engine runs it again from
 the latest checkpoint after each worker death, up to ``FailureConfig.max_failures``.
+
+A trainer that hands the run its per-round metrics (``Run.observe``) gets, for free, progress
+lines and observer updates (``runtime.progress``) and a training-curve image published beside
+its model (``model.curves``).
 """
 
 from __future__ import annotations
@@ -21,8 +25,18 @@ from typing import Any, TypeVar
 from shardtrain.config import FailureConfig
 from shardtrain.errors import StageError, WorkerDiedError
 from shardtrain.model.artifact import ModelArtifact, check_request_id, new_request_id
+from shardtrain.model.curves import (
+    CURVES_FILE,
+    TrainingHistory,
+    curve_plot,
+    curves_uri,
+    prewarm,
+    render_png,
+)
 from shardtrain.model.frameworks import spec
 from shardtrain.model.publish import publish_model
+from shardtrain.runtime.events import RoundMetrics
+from shardtrain.runtime.progress import ProgressReporter, current_observers
 from shardtrain.stage import open_stage
 from shardtrain.stage.base import Stage
 
@@ -127,11 +141,13 @@ def _plain(value: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class RunPlan:
-    """Where a run publishes (``stage``, ``request_id``) and checkpoints (None: it does not)."""
+    """Where a run publishes (``stage``, ``request_id``) and checkpoints (None: it does not),
+    and the per-round metrics its training curves are drawn from at publish."""
 
     stage: Stage
     request_id: str
     checkpoints: CheckpointStore | None
+    history: TrainingHistory = field(default_factory=TrainingHistory, compare=False, repr=False)
 
     @classmethod
     def open(
@@ -163,8 +179,9 @@ class RunPlan:
     ) -> ModelArtifact | None:
         """Publish what ``write(folder)`` puts in an empty folder, then drop the checkpoints.
 
-        The framework's spec names the model file among the files. Returns None, keeping the
-        checkpoints, when ``write`` wrote nothing.
+        The framework's spec names the model file among the files; the training curves of
+        the recorded ``history`` go beside it. Returns None, keeping the checkpoints, when
+        ``write`` wrote nothing.
         """
         with tempfile.TemporaryDirectory(prefix="shardtrain-publish-") as tmp:
             folder = Path(tmp)
@@ -174,17 +191,35 @@ class RunPlan:
             )
             if not files:
                 return None
+            curves = None if CURVES_FILE in files else self._draw_curves(folder, framework)
             artifact = publish_model(
                 folder,
                 framework=framework,
                 stage=self.stage,
                 request_id=self.request_id,
                 model_file=spec(framework).model_file_in(files),
+                curves_file=curves,
                 **metadata,
             )
         if self.checkpoints is not None:
             self.checkpoints.clear()
+        if curves_uri(artifact):
+            emit(f"training curves: {curves_uri(artifact)}")
         return artifact
+
+    def _draw_curves(self, folder: Path, framework: str) -> str | None:
+        """The training-curve image in ``folder`` (its name), or None: no per-round metrics,
+        no matplotlib, or drawing failed (a picture never fails a publish)."""
+        plot = curve_plot(self.history)
+        if plot is None:
+            return None
+        try:
+            drawn = render_png(plot, folder / CURVES_FILE, title=f"{framework} {self.request_id}")
+        except Exception as exc:
+            logger.warning("could not draw the training curves: %s", exc, exc_info=True)
+            (folder / CURVES_FILE).unlink(missing_ok=True)
+            return None
+        return CURVES_FILE if drawn else None
 
 
 class Run:
@@ -197,9 +232,29 @@ class Run:
         self.plan = plan
         self.failure_config = failure_config
         self.unit = unit
+        self.started = time.monotonic()
+        self.progress: ProgressReporter | None = None
+        self._observers = current_observers()  # those of the fit's caller (its context)
         self.latest = plan.checkpoints.load() if plan.checkpoints else Checkpoint()
         if self.latest.step:
             emit(f"resuming {plan.request_id} from its checkpoint at {unit} {self.latest.step}")
+
+    def observe(
+        self, events: list[Any], rounds: int, early_stopping_rounds: int | None = None
+    ) -> None:
+        """Per-round metrics from the driver's poll (``RoundMetrics``; other events are not
+        rounds): recorded for the training curves, and reported as progress out of ``rounds``."""
+        history = self.plan.history
+        history.rounds, history.early_stopping_rounds = rounds, early_stopping_rounds
+        if self.progress is None:
+            self.progress = ProgressReporter(
+                rounds, started=self.started, line=emit, observers=self._observers, unit=self.unit
+            )
+            prewarm()  # matplotlib imports while the ranks train, not at publish
+        for event in events:
+            if isinstance(event, RoundMetrics):
+                history.record(event.round, event.metrics)
+                self.progress.update(event.round)
 
     def save(self, checkpoint: Checkpoint) -> None:
         """Make ``checkpoint`` the one a restart resumes from, and store it when the run
@@ -215,7 +270,8 @@ class Run:
         limit = self.failure_config.max_failures
         while True:
             try:
-                return attempt(self.latest)
+                self.plan.history.reset(self.latest.history, self.latest.step)
+                result = attempt(self.latest)
             except WorkerDiedError as exc:
                 failures += 1
                 if failures > limit:
@@ -224,3 +280,7 @@ class Run:
                     f"{exc} Restarting the worker group ({failures}/{limit}) from "
                     f"{self.unit} {self.latest.step}."
                 )
+                continue
+            if self.progress is not None:
+                self.progress.finish()
+            return result

@@ -194,6 +194,6 @@ def test_on_kill_tears_down_the_ray_workers(ray_cluster):
     XGBEstimator(
         n_estimators=2, scaling_config=XGBScalingConfig(num_workers=2, num_cpu_per_worker=1)
     ).fit(frame, ["A"], "Y")
-    assert worker_group._idle, "a warm worker group should be held after a fit"
+    assert worker_group.idle_groups(), "a warm worker group should be held after a fit"
     XGBoostTrainOperator(task_id="t", path="x", input_cols=["A"], label_col="Y").on_kill()
-    assert not worker_group._idle and not worker_group._busy
+    assert not worker_group.idle_groups() and not worker_group._busy

@@ -36,11 +36,11 @@ def test_an_idle_warm_worker_that_died_is_not_leased(tmp_path):
     """Item 7: kill an idle warm worker; the next fit starts a new group instead of failing."""
     est = XGBEstimator(n_estimators=3, scaling_config=XGBScalingConfig(**TWO))
     est.fit(FRAME, FEATURES, "Y", artifact_stage_location=str(tmp_path))
-    [(group, _)] = worker_group._idle
-    os.kill(group.infos[1]["pid"], signal.SIGKILL)
+    [group] = worker_group.idle_groups()
+    os.kill(group["pids"][1], signal.SIGKILL)
     booster = est.fit(FRAME, FEATURES, "Y", artifact_stage_location=str(tmp_path))
     assert booster.num_boosted_rounds() == 3
-    assert not group.alive and all(g is not group for g, _ in worker_group._idle)
+    assert all(g["id"] != group["id"] for g in worker_group.idle_groups())
 
 
 def test_fits_from_several_threads_queue_for_the_workers(tmp_path, monkeypatch):

@@ -257,11 +257,11 @@ def test_warm_workers_are_reused_and_fast(tmp_path):
     small = TRAIN.iloc[:10_000][FEATURES[:8] + ["Y"]]
     est = XGBEstimator(n_estimators=10, scaling_config=XGBScalingConfig(**TWO))
     est.fit(small, FEATURES, "Y", artifact_stage_location=str(tmp_path))
-    pids = {g.infos[0]["pid"] for g, _ in worker_group._idle}
+    pids = {g["pids"][0] for g in worker_group.idle_groups()}
     start = time.perf_counter()
     est.fit(small, FEATURES, "Y", artifact_stage_location=str(tmp_path))
     warm = time.perf_counter() - start
-    assert {g.infos[0]["pid"] for g, _ in worker_group._idle} == pids
+    assert {g["pids"][0] for g in worker_group.idle_groups()} == pids
     # Not a performance assertion (bench/ measures that): a warm fit must not pay for
     # process start-up, which alone takes over a second here.
     assert warm < 10
@@ -370,7 +370,7 @@ def test_xgboost_without_restarts_names_the_dead_rank(tmp_path):
     with pytest.raises(worker_group.WorkerDiedError, match="worker rank 1 died") as info:
         est.fit(TRAIN, FEATURES, "Y", artifact_stage_location=str(tmp_path / "stage"))
     assert info.value.rank == 1 and time.monotonic() - start < 60
-    assert not any(g.alive for g, _ in worker_group._idle if g.infos[1]["pid"] is None)
+    assert not worker_group.idle_groups(), "the failed fit's group must not go back to the pool"
 
 
 def test_lightgbm_recovers_from_a_worker_killed_from_outside(tmp_path):

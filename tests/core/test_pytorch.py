@@ -166,8 +166,7 @@ def test_exception_on_rank_one_surfaces_and_tears_down(tmp_path):
         hyper_params={"lr": 0.1, "epochs": 1, "out": str(tmp_path)},
         artifact_stage_location=str(tmp_path / "stage"),
     )
-    warm = [g for g, _ in worker_group._idle]
-    pids = [info["pid"] for g in warm for info in g.infos]
+    pids = [pid for g in worker_group.idle_groups() for pid in g["pids"]]
     start = time.monotonic()
     with pytest.raises(
         WorkerError, match="worker rank 1 failed: ValueError: bad batch on rank one"
@@ -179,7 +178,7 @@ def test_exception_on_rank_one_surfaces_and_tears_down(tmp_path):
     while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in pids), "worker processes leaked"
-    assert not worker_group._busy and not worker_group._idle
+    assert not worker_group._busy and not worker_group.idle_groups()
 
 
 def _alive(pid: int) -> bool:

@@ -337,32 +337,3 @@ def idle_groups() -> list[dict[str, Any]]:
         return []
     groups = ray.get(worker_pool.pool().describe.remote(), timeout=worker_pool.CALL_TIMEOUT_S)
     return [g for g in groups if g.get("state") == "idle"]
-
-
-class _IdleView:
-    """What tests written for the in-process pool read of an idle group."""
-
-    def __init__(self, described: dict[str, Any]) -> None:
-        self.id = described["id"]
-        self.infos = [
-            {"pid": pid, "ip": ip}
-            for pid, ip in zip(described["pids"], described["nodes"], strict=True)
-        ]
-
-    @property
-    def alive(self) -> bool:
-        """Whether the pool still has this group."""
-        import ray
-
-        described = ray.get(
-            worker_pool.pool().describe.remote(), timeout=worker_pool.CALL_TIMEOUT_S
-        )
-        return any(g.get("id") == self.id for g in described)
-
-
-def __getattr__(name: str) -> Any:
-    # ``_idle`` was the in-process pool's list of (group, idle since); it is now read from the
-    # cluster's pool on each access.
-    if name == "_idle":
-        return [(_IdleView(g), g["for_s"]) for g in idle_groups()]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

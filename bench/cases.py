@@ -76,6 +76,19 @@ def _gbdt(framework: str, rows: int, ray_train: bool, warm: bool) -> list[Job]:
         ),
         Job(f"{framework}-shardtrain", rows, True, shardtrain),
     ]
+    if warm:  # the default scaling config: on the 2-CPU local Ray, 1 worker x 2 CPUs
+        auto = f"gbdt:{framework}_shardtrain_auto"
+        jobs.append(
+            Job(
+                f"{framework}-shardtrain-auto",
+                rows,
+                True,
+                [
+                    Case(f"{framework}/shardtrain (automatic config)", auto, "cold"),
+                    Case(f"{framework}/shardtrain (automatic config, warm workers)", auto, "warm"),
+                ],
+            )
+        )
     if ray_train:
         jobs.append(
             Job(

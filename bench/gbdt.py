@@ -3,7 +3,8 @@ on disk, with the same parameters.
 
 - plain: one process with 2 threads reads the file with pyarrow, trains, saves the model.
 - shardtrain: ``XGBEstimator`` / ``LightGBMEstimator``, 2 workers x 1 CPU, publishing to a
-  local stage; each worker reads its own row window of the file.
+  local stage; each worker reads its own row window of the file. The "automatic" cases
+  leave the scaling config at its default: on this one-node cluster, 1 worker x 2 CPUs.
 - Ray Train: ``XGBoostTrainer`` / ``LightGBMTrainer`` as Ray's documentation writes them:
   ``ray.data.read_parquet`` as the dataset, and in each worker
   ``get_dataset_shard().materialize().to_pandas()``. Two deliberate deviations, both in
@@ -68,22 +69,34 @@ def lightgbm_plain(ctx):
 # -- shardtrain ---------------------------------------------------------------------------
 
 
-def _shardtrain_fit(framework: str, path: Path, stage: Path, rounds: int, columns: int):
+#: The issue's distributed layout: 2 workers x 1 CPU. ``None``: the automatic config.
+TWO_BY_ONE = (2, 1)
+
+
+def _shardtrain_fit(
+    framework: str,
+    path: Path,
+    stage: Path,
+    rounds: int,
+    columns: int,
+    layout: tuple[int, int] | None = TWO_BY_ONE,
+):
     from shardtrain import DataConnector
     from shardtrain.modeling.distributors.lightgbm import LightGBMEstimator, LightGBMScalingConfig
     from shardtrain.modeling.distributors.xgboost import XGBEstimator, XGBScalingConfig
 
+    workers, cpus = layout or (-1, -1)
     if framework == "xgboost":
         estimator = XGBEstimator(
             n_estimators=rounds,
             params={k: v for k, v in XGB_PARAMS.items() if k != "tree_method"},
-            scaling_config=XGBScalingConfig(num_workers=2, num_cpu_per_worker=1),
+            scaling_config=XGBScalingConfig(num_workers=workers, num_cpu_per_worker=cpus),
         )
     else:
         estimator = LightGBMEstimator(
             n_estimators=rounds,
             params={k: v for k, v in LGB_PARAMS.items() if k != "verbose"},
-            scaling_config=LightGBMScalingConfig(num_workers=2, num_cpu_per_worker=1),
+            scaling_config=LightGBMScalingConfig(num_workers=workers, num_cpu_per_worker=cpus),
         )
     return estimator.fit(
         DataConnector.from_parquet(str(path)),
@@ -100,6 +113,16 @@ def xgboost_shardtrain(ctx):
 
 def lightgbm_shardtrain(ctx):
     booster = _shardtrain_fit("lightgbm", ctx.train, ctx.work / "stage", ROUNDS, COLUMNS)
+    return lambda: _lgb_holdout(booster, ctx.holdout())
+
+
+def xgboost_shardtrain_auto(ctx):
+    booster = _shardtrain_fit("xgboost", ctx.train, ctx.work / "stage", ROUNDS, COLUMNS, None)
+    return lambda: _xgb_holdout(booster, ctx.holdout())
+
+
+def lightgbm_shardtrain_auto(ctx):
+    booster = _shardtrain_fit("lightgbm", ctx.train, ctx.work / "stage", ROUNDS, COLUMNS, None)
     return lambda: _lgb_holdout(booster, ctx.holdout())
 
 

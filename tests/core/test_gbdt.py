@@ -112,7 +112,9 @@ def test_xgboost_regression_matches_single_process(kind, tmp_path, snowpark_sess
 
 
 def test_xgboost_classification_without_eval_set(tmp_path):
-    params = {"objective": "binary:logistic", "max_depth": 4, "eta": 0.1}
+    # Asking for a metric is what makes ranks evaluate the training set each round (a bare
+    # fit evaluates nothing: tests/core/test_gbdt_perf.py).
+    params = {"objective": "binary:logistic", "max_depth": 4, "eta": 0.1, "eval_metric": "logloss"}
     est = XGBEstimator(n_estimators=100, params=params, scaling_config=XGBScalingConfig(**TWO))
     booster = est.fit(TRAIN_CLS, FEATURES, "Y", artifact_stage_location=str(tmp_path))
     plain = xgb.train(

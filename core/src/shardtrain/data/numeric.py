@@ -121,14 +121,22 @@ def matrix_batches(
     batch_rows: int = TRAIN_BATCH_ROWS,
     label_rule: LabelRule | None = None,
     objective: str = "",
-) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    """(features float32 [n, k], label float32 [n]) per batch, straight from Arrow; labels
-    checked against ``label_rule`` when given."""
+    arrow: bool = False,
+) -> Iterator[tuple[np.ndarray | pa.Table, np.ndarray | None]]:
+    """(features, label float32 [n]) per batch, straight from Arrow; labels checked against
+    ``label_rule`` when given. Features are a float32 numpy matrix [n, k], or with ``arrow``
+    a table of the batch's own feature columns (no copy: what the trainers read as columns;
+    only columns that are not float32/float64 are cast, see ``feature_column``)."""
     columns = input_cols + ([label_col] if label_col is not None else [])
     for batch in connector.iter_batches(batch_rows, columns=columns):
-        features = np.empty((batch.num_rows, len(input_cols)), dtype=np.float32)
-        for j, column in enumerate(input_cols):
-            features[:, j] = to_numpy(batch.column(column))
+        if arrow:
+            features = pa.Table.from_arrays(
+                [feature_column(batch.column(c)) for c in input_cols], names=list(input_cols)
+            )
+        else:
+            features = np.empty((batch.num_rows, len(input_cols)), dtype=np.float32)
+            for j, column in enumerate(input_cols):
+                features[:, j] = to_numpy(batch.column(column))
         label = None
         if label_col is not None:
             array = batch.column(label_col)
@@ -145,24 +153,37 @@ def matrix_batches(
         yield features, label
 
 
-def shard_matrix(
+def shard_table(
     connector: DataConnector,
     input_cols: list[str],
     label_col: str | None,
     label_rule: LabelRule | None = None,
     objective: str = "",
-) -> tuple[np.ndarray, np.ndarray]:
-    """A whole shard as one float32 feature matrix and label, filled from Arrow batches."""
+) -> tuple[pa.Table, np.ndarray]:
+    """A whole shard as one Arrow table of its feature columns (the batches as read, chunked,
+    not copied into a matrix) and a float32 label."""
     features, labels = [], []
     batches = matrix_batches(
-        connector, input_cols, label_col, label_rule=label_rule, objective=objective
+        connector, input_cols, label_col, label_rule=label_rule, objective=objective, arrow=True
     )
     for x, y in batches:
         features.append(x)
         labels.append(y)
-    matrix = np.concatenate(features) if features else np.empty((0, len(input_cols)), np.float32)
-    label = np.concatenate(labels) if labels else np.empty((0,), np.float32)
-    return matrix, label
+    if not features:
+        empty = [pa.array([], pa.float32()) for _ in input_cols]
+        return pa.Table.from_arrays(empty, names=list(input_cols)), np.empty((0,), np.float32)
+    return pa.concat_tables(features), np.concatenate(labels)
+
+
+def feature_column(array: pa.Array) -> pa.Array:
+    """One feature column as the trainers read Arrow: float32/float64 as they are (zero
+    copy); other numeric types (ints, bools, decimals, float16) cast to float32, as the
+    numpy path turns them, so a model's feature types do not depend on the storage type."""
+    if pa.types.is_float32(array.type) or pa.types.is_float64(array.type):
+        return array
+    if pa.types.is_decimal(array.type):
+        array = array.cast(pa.float64())
+    return array.cast(pa.float32())
 
 
 def to_numpy(array: pa.Array) -> np.ndarray:

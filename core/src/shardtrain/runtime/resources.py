@@ -53,6 +53,14 @@ def resolve_gbdt_shape(
 ) -> WorkerShape:
     """XGBoost / LightGBM: one worker per node (or per GPU) with all of its CPUs by default.
 
+    One multi-threaded worker per node is the fastest layout the frameworks have on CPUs:
+    both thread their histogram building within a process, while ranks on one node would
+    exchange histograms over sockets every split (LightGBM) or every level (XGBoost), hold one
+    Python runtime each and sketch/bin their shards separately (issue 17 measured 1 x 2 against
+    2 x 1 on a 2-CPU node: docs/benchmarks.md). More workers per node are what to ask for when
+    one process cannot use the node well: a node with several GPUs (one worker per GPU, which
+    ``use_gpu`` picks), or a large multi-socket node where one process's threads stop scaling.
+
     The arguments come from a validated scaling config (``shardtrain.config``)."""
     if use_gpu is None:
         use_gpu = shape.total_gpus > 0

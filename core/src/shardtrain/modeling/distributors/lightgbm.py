@@ -2,8 +2,10 @@
 
 Data-parallel training over LightGBM's own socket network (``tree_learner=data``, one
 ``machines`` entry per rank, each on a free ``local_listen_port``). Each rank builds its
-``Dataset`` from its shard's Arrow table (no pandas). LightGBM evaluates metrics on each
-rank's local rows only, so ranks sum per-round metric statistics over a small TCP allreduce
+``Dataset`` from its shard's Arrow table (no pandas, no numpy matrix). The training set is
+evaluated only when the fit reads it (an eval set, ``verbose_eval``, ``metric``, early
+stopping). LightGBM evaluates metrics on each rank's local rows only, so ranks sum per-round
+metric statistics over a small TCP allreduce
 (``runtime.collective``): every rank then sees the global metric, and early stopping decides
 the same round everywhere (a rank stopping alone would hang the others). The rank-side code
 is in ``lightgbm_worker``.
@@ -50,6 +52,7 @@ class LightGBMEstimator(BoostingEstimator):
 
     spec = LIGHTGBM
     forbidden_name_chars = '",:[]{}'
+    metric_keys = ("metric", "metrics", "metric_types")
 
     def __init__(
         self,

@@ -3,8 +3,10 @@ the estimator imports it only when it launches ranks).
 
 Phase 1 (``prepare_rank``): each rank reserves the port LightGBM will listen on and rank 0
 opens the metric hub. Phase 2 (``train_rank``): each rank builds its ``Dataset`` from its
-shard's Arrow batches and trains data-parallel; per-round metric statistics are summed over
-``runtime.collective`` so every rank sees the global metric.
+shard's Arrow table (LightGBM reads the Arrow columns in place: no numpy matrix) and trains
+data-parallel; when the fit evaluates anything, per-round metric statistics are summed over
+``runtime.collective`` so every rank sees the global metric. LightGBM is imported without
+scikit-learn in the workers (``worker_imports``).
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ import math
 import socket
 import time
 
-import lightgbm
 import numpy as np
 import ray
 
 from shardtrain.data import numeric
 from shardtrain.modeling.distributors.boosting import BoostingJob, BoostingRankResult
+from shardtrain.modeling.distributors.worker_imports import import_framework
 from shardtrain.runtime import collective
 from shardtrain.runtime.events import RoundMetrics
+
+lightgbm = import_framework("lightgbm")
 
 #: Metrics that are means over rows: the global value is the row-weighted mean.
 _MEAN_METRICS = {
@@ -102,7 +106,8 @@ def _callback(reporter, rank, allreduce, rows, checkpoint_every, early_stopping_
     def callback(env):
         results = env.evaluation_result_list or []
         counts = [rows[name] for name, *_ in results]
-        merged = _global_metrics(allreduce, results, counts)
+        # Every rank has the same valid sets: with none, no rank joins the allreduce.
+        merged = _global_metrics(allreduce, results, counts) if results else []
         metrics: dict[str, dict[str, float]] = {}
         for name, metric, value, _ in merged:
             metrics.setdefault(name, {})[metric] = float(value)
@@ -154,16 +159,27 @@ def train_rank(
     try:
         started = time.perf_counter()
         objective = str(params.get("objective", ""))
-        x, y = numeric.shard_matrix(train, job.input_cols, job.label_col, job.label_rule, objective)
-        dtrain = lightgbm.Dataset(x, label=y, feature_name=job.input_cols, free_raw_data=True)
-        valid_sets, names, rows = [dtrain], ["train"], {"train": len(y)}
+        # The Dataset holds the only reference to the shard's table, and drops it once built
+        # (free_raw_data): the rank holds no second copy of its features while binning.
+        dtrain = lightgbm.Dataset(
+            *numeric.shard_table(train, job.input_cols, job.label_col, job.label_rule, objective),
+            feature_name=job.input_cols,
+            free_raw_data=True,
+        )
+        # The training set is a valid set only when the fit wants its metric (see
+        # boosting.wants_train_metric): otherwise LightGBM skips evaluating it each round.
+        valid_sets, names = ([dtrain], ["train"]) if job.evaluate_train else ([], [])
+        rows = {"train": len(dtrain.get_label())}
         if evals is not None:
-            ex, ey = numeric.shard_matrix(
-                evals, job.input_cols, job.label_col, job.label_rule, objective
+            deval = lightgbm.Dataset(
+                *numeric.shard_table(
+                    evals, job.input_cols, job.label_col, job.label_rule, objective
+                ),
+                reference=dtrain,
             )
-            valid_sets.append(lightgbm.Dataset(ex, label=ey, reference=dtrain))
+            valid_sets.append(deval)
             names.append("eval")
-            rows["eval"] = len(ey)
+            rows["eval"] = len(deval.get_label())
         init = lightgbm.Booster(model_str=job.init_model.decode()) if job.init_model else None
         loaded = time.perf_counter()
         # Release the reserved port only now, so nothing else can take it while the shard
@@ -184,7 +200,7 @@ def train_rank(
                     rows,
                     job.checkpoint_every,
                     job.early_stopping_rounds,
-                    names[-1],
+                    names[-1] if names else None,
                 )
             ],
         )

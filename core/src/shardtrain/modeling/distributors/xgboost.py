@@ -1,10 +1,12 @@
 """Distributed XGBoost on Ray: ``XGBEstimator`` and ``XGBScalingConfig``.
 
 Each rank is a Ray actor that reads its own shard as Arrow batches into a ``QuantileDMatrix``
-(through a ``DataIter``: no pandas; a shard within ``SHARDTRAIN_SHARD_CACHE_MB`` is kept for
-the matrix's second pass, a larger one is streamed again) and joins the others through XGBoost's
-collective, with a ``RabitTracker`` on the driver. Metrics are XGBoost's global ones; rank 0
-reports them each round and the driver logs, checkpoints and finally publishes the model.
+(through a ``DataIter`` handing XGBoost the Arrow columns: no pandas, no numpy matrix; a shard
+within ``SHARDTRAIN_SHARD_CACHE_MB`` is kept for the matrix's second pass, a larger one is
+streamed again) and joins the others through XGBoost's collective, with a ``RabitTracker`` on
+the driver. Metrics are XGBoost's global ones, computed only when the fit reads them (an eval
+set, ``verbose_eval``, ``eval_metric``, early stopping); rank 0 reports each round and the
+driver logs, checkpoints and finally publishes the model.
 The rank-side code is in ``xgboost_worker``.
 """
 
@@ -50,6 +52,7 @@ class XGBEstimator(BoostingEstimator):
 
     spec = XGBOOST
     forbidden_name_chars = "[]<"
+    metric_keys = ("eval_metric",)
 
     def __init__(
         self,

@@ -2,8 +2,10 @@
 estimator imports it only when it launches ranks).
 
 Each rank reads its own shard as Arrow batches into a ``QuantileDMatrix`` through
-``ArrowIter`` (no pandas) and joins the others through XGBoost's collective; rank 0 reports
-the global metrics each round and the checkpoints.
+``ArrowIter`` (XGBoost reads the Arrow columns in place: no pandas, no numpy matrix) and joins
+the others through XGBoost's collective; rank 0 reports each round (its global metrics when
+the fit evaluates any) and the checkpoints, numbered from the start of the run, resumed or not.
+XGBoost is imported without scikit-learn in the workers (``worker_imports``).
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from __future__ import annotations
 import contextlib
 import time
 
-import xgboost
-
 from shardtrain import env
 from shardtrain.data import numeric
 from shardtrain.modeling.distributors.boosting import BoostingJob, BoostingRankResult
+from shardtrain.modeling.distributors.worker_imports import import_framework
 from shardtrain.runtime.events import RoundMetrics
+
+xgboost = import_framework("xgboost")
 
 
 def shard_cache_bytes() -> int:
@@ -25,7 +28,8 @@ def shard_cache_bytes() -> int:
 
 
 class ArrowIter(xgboost.DataIter):
-    """An ``xgboost.DataIter`` over a shard's Arrow batches.
+    """An ``xgboost.DataIter`` over a shard's Arrow batches, handed to XGBoost as Arrow tables
+    (read column by column in place; ``numeric.matrix_batches(arrow=True)``).
 
     XGBoost passes over the data twice (sketch, then bin). The first pass keeps the batches
     while they fit ``cache_bytes`` (default: ``SHARDTRAIN_SHARD_CACHE_MB``); if it finishes
@@ -66,6 +70,7 @@ class ArrowIter(xgboost.DataIter):
                     self._label_col,
                     label_rule=self._label_rule,
                     objective=self._objective,
+                    arrow=True,
                 )
             )
         item = next(self._batches, None)
@@ -91,20 +96,28 @@ class ArrowIter(xgboost.DataIter):
 
 
 class Report(xgboost.callback.TrainingCallback):
-    """Rank 0 reports each round's global metrics, and a checkpoint every N rounds."""
+    """Rank 0 reports each round's global metrics, and a checkpoint every N rounds.
 
-    def __init__(self, reporter, rank: int, checkpoint_every: int) -> None:
+    XGBoost counts ``epoch`` from 0 again when it continues a model (``xgb_model``), so the
+    round reported and checkpointed is ``done + epoch + 1``, ``done`` being the rounds the
+    resumed model already has: a resumed run goes on from ``[done + 1]``, and a checkpoint's
+    step is the number of rounds its model holds.
+    """
+
+    def __init__(self, reporter, rank: int, checkpoint_every: int, done: int = 0) -> None:
         super().__init__()
         self.reporter, self.rank, self.checkpoint_every = reporter, rank, checkpoint_every
+        self.done = done
 
     def after_iteration(self, model, epoch, evals_log) -> bool:
         if self.rank == 0:
             metrics = {
                 name: {m: float(v[-1]) for m, v in ms.items()} for name, ms in evals_log.items()
             }
-            self.reporter.report(RoundMetrics(epoch + 1, metrics))
-            if self.checkpoint_every and (epoch + 1) % self.checkpoint_every == 0:
-                self.reporter.checkpoint(epoch + 1, bytes(model.save_raw("ubj")))
+            step = self.done + epoch + 1
+            self.reporter.report(RoundMetrics(step, metrics))
+            if self.checkpoint_every and step % self.checkpoint_every == 0:
+                self.reporter.checkpoint(step, bytes(model.save_raw("ubj")))
         return False
 
 
@@ -139,7 +152,9 @@ def train_rank(
             max_bin=int(params.get("max_bin", 256)),
             nthread=nthread,
         )
-        watch = [(dtrain, "train")]
+        # The training set is evaluated only when the fit wants its metric (an eval set, a
+        # metric or verbose output asked for, early stopping): otherwise nobody reads it.
+        watch = [(dtrain, "train")] if job.evaluate_train else []
         if evals is not None:
             ematrix = xgboost.QuantileDMatrix(
                 ArrowIter(
@@ -154,10 +169,11 @@ def train_rank(
             )
             watch.append((ematrix, "eval"))
         loaded = time.perf_counter()
-        booster = None
+        booster, done = None, 0
         if job.init_model is not None:
             booster = xgboost.Booster()
             booster.load_model(bytearray(job.init_model))
+            done = booster.num_boosted_rounds()
         booster = xgboost.train(
             params,
             dtrain,
@@ -166,7 +182,7 @@ def train_rank(
             early_stopping_rounds=job.early_stopping_rounds,
             verbose_eval=False,
             xgb_model=booster,
-            callbacks=[Report(reporter, rank, job.checkpoint_every), *callbacks],
+            callbacks=[Report(reporter, rank, job.checkpoint_every, done), *callbacks],
         )
         return BoostingRankResult(
             rows=dtrain.num_row(),

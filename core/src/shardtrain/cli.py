@@ -91,18 +91,10 @@ def _pools(record) -> dict:
     which the idle monitor does not count as activity unless it looks at that moment."""
     import ray
 
-    from shardtrain.runtime import worker_pool
+    from shardtrain.runtime import local_cluster, worker_pool
 
-    for name, value in record.driver_env().items():
-        if name != "RAY_ADDRESS":
-            os.environ[name] = value
     try:
-        ray.init(
-            address=record.gcs_address,
-            configure_logging=False,
-            logging_level="ERROR",
-            log_to_driver=False,
-        )
+        local_cluster.join(record, logging_level="ERROR", log_to_driver=False)
         return worker_pool.describe_all()
     except Exception as exc:  # the status still shows everything else
         return {"error": f"{type(exc).__name__}: {exc}"}

@@ -283,6 +283,7 @@ def lease(
             elif time.monotonic() >= deadline:
                 raise _placement_error(shape, workers_per_bundle, timeout)
     except BaseException:
+        worker_pool.cancel(lease_id)
         worker_pool.drop(lease_id)
         raise
     group = WorkerGroup(shape, strategy, workers_per_bundle, reply, pool, lease_id)

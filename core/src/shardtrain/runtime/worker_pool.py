@@ -95,6 +95,12 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._groups: dict[str, _Group] = {}
         self._placing: dict[str, str] = {}  # lease -> owner token, while its group is placed
+        # A lease's placement group that was not ready when its try ended: the next try of the
+        # same lease waits on it again instead of removing it and asking anew (a removed
+        # group that was about to be placed could leave its bundles reserved under load).
+        # lease -> (placement group, key, expiry unless renewed)
+        self._pending: dict[str, tuple[Any, tuple, float]] = {}
+        self._lease_timeouts: dict[str, float] = {}
         self._demand_checked = 0.0
         threading.Thread(target=self._sweeper, name="sweeper", daemon=True).start()
 
@@ -115,6 +121,7 @@ class WorkerPool:
             if group is None:
                 break
             if self._healthy(group):
+                self.cancel(lease)  # a placement group asked for on an earlier try
                 return self._grant(group)
             logger.info("a warm worker group has a dead worker; starting a new one")
             with self._lock:
@@ -123,7 +130,7 @@ class WorkerPool:
         with self._lock:
             self._placing[lease] = owner["token"]
         try:
-            group = self._place(key, wait_s)
+            group = self._place(lease, key, wait_s, lease_timeout_s)
             with self._lock:
                 if group is None:
                     return {"granted": False, "others_busy": self._others(lease)}
@@ -142,7 +149,14 @@ class WorkerPool:
             for lease in leases:
                 if lease in held:
                     held[lease].expires = now + held[lease].lease_timeout_s
-            return [x for x in leases if x not in held and x not in self._placing]
+                if lease in self._pending:
+                    pg, key, _ = self._pending[lease]
+                    self._pending[lease] = (pg, key, now + self._pending_timeout(lease))
+            return [
+                x
+                for x in leases
+                if x not in held and x not in self._placing and x not in self._pending
+            ]
 
     def release(self, lease: str, idle_s: float) -> bool:
         """The lease's group goes back to idle for ``idle_s`` seconds (False: it is gone)."""
@@ -238,26 +252,51 @@ class WorkerPool:
             return False
         return True
 
-    def _place(self, key: tuple, wait_s: float) -> _Group | None:
-        """A new group, or None when its placement group is not ready within ``wait_s``."""
+    def cancel(self, lease: str) -> bool:
+        """The lease gave up waiting: remove its pending placement group."""
+        with self._lock:
+            pending = self._pending.pop(lease, None)
+        if pending is not None:
+            _remove_pg(pending[0])
+        return pending is not None
+
+    def _pending_timeout(self, lease: str) -> float:
+        return self._lease_timeouts.get(lease, LEASE_RENEW_S * 10)
+
+    def _place(
+        self, lease: str, key: tuple, wait_s: float, lease_timeout_s: float
+    ) -> _Group | None:
+        """A new group, or None when its placement group is not ready within ``wait_s`` (it
+        stays pending for the lease's next try)."""
         import ray
-        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         shape, strategy, per_bundle = key
-        bundle = {"CPU": shape.cpus * per_bundle}
-        if shape.gpus:
-            bundle["GPU"] = shape.gpus * per_bundle
-        pg = placement_group(
-            [dict(bundle) for _ in range(shape.num_workers // per_bundle)], strategy=strategy
-        )
+        with self._lock:
+            pending = self._pending.pop(lease, None)
+            self._lease_timeouts[lease] = lease_timeout_s
+        if pending is not None and pending[1] == key:
+            pg = pending[0]
+        else:
+            if pending is not None:
+                _remove_pg(pending[0])
+            bundle = {"CPU": shape.cpus * per_bundle}
+            if shape.gpus:
+                bundle["GPU"] = shape.gpus * per_bundle
+            pg = placement_group(
+                [dict(bundle) for _ in range(shape.num_workers // per_bundle)], strategy=strategy
+            )
         ready = pg.wait(timeout_seconds=min(GIVE_WAY_AFTER_S, wait_s))
         if not ready:
             self._drop_idle()  # idle groups give way to a lease that needs their room
             ready = pg.wait(timeout_seconds=max(wait_s - GIVE_WAY_AFTER_S, 0))
         if not ready:
-            remove_placement_group(pg)
+            with self._lock:
+                self._pending[lease] = (pg, key, time.monotonic() + lease_timeout_s)
             return None
+        with self._lock:
+            self._lease_timeouts.pop(lease, None)
         workers = [
             actor_class()
             .options(
@@ -314,6 +353,12 @@ class WorkerPool:
                 ]
                 for group in doomed:
                     self._groups.pop(group.id)
+                lapsed = [x for x, (_, _, expires) in self._pending.items() if now >= expires]
+                lapsed_pgs = [self._pending.pop(x)[0] for x in lapsed]
+                for lease in lapsed:
+                    self._lease_timeouts.pop(lease, None)
+            for pg in lapsed_pgs:  # their driver stopped asking (it died while queued)
+                _remove_pg(pg)
             for group in doomed:
                 if group.state == "busy":
                     logger.warning(
@@ -337,12 +382,23 @@ class WorkerPool:
             return
         self._demand_checked = now
         with self._lock:
-            if self._placing or not any(g.state == "idle" for g in self._groups.values()):
+            if self._placing or self._pending or not any(
+                g.state == "idle" for g in self._groups.values()
+            ):
                 return  # a placing lease's own demand is not someone else's
         if _pending_demand():
             dropped = self._drop_idle()
             if dropped:
                 logger.info("%d idle worker group(s) gave way to pending Ray work", dropped)
+
+
+def _remove_pg(pg) -> None:
+    from ray.util.placement_group import remove_placement_group
+
+    try:
+        remove_placement_group(pg)
+    except Exception:  # already removed
+        pass
 
 
 def _pending_demand() -> bool:
@@ -515,6 +571,20 @@ def hold(lease: str, handle, lease_timeout_s: float) -> None:
 def drop(lease: str) -> None:
     with _leases_lock:
         _leases.pop(lease, None)
+
+
+def cancel(lease: str) -> None:
+    """The lease gives up: its pool removes the placement group it may still have pending."""
+    import ray
+
+    with _leases_lock:
+        held = _leases.get(lease)
+    if held is None:
+        return
+    try:
+        ray.get(held[0].cancel.remote(lease), timeout=CALL_TIMEOUT_S)
+    except Exception:  # the pool is gone, or Ray is: its sweeper drops it otherwise
+        pass
 
 
 def renew_interval(lease_timeout_s: float) -> float:

@@ -3,6 +3,10 @@ Snowpark sessions are still open. Fixtures that start services live in ``tests/c
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,3 +59,27 @@ class TaskInstanceIdentity:
     task_id: str
     map_index: int = -1
     try_number: int = 1
+
+
+def kill_rank_once_checkpointed(stage: Path, rank: int = 1) -> tuple[threading.Thread, list[int]]:
+    """Start a thread that SIGKILLs ``rank``'s process of the fit this process is running, from
+    outside, once the run has a checkpoint on ``stage``; returns the thread and the list the
+    killed pid is appended to."""
+    from shardtrain.runtime import worker_group
+
+    killed: list[int] = []
+
+    def killer() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            states = list(stage.glob("checkpoints/*/state.json"))
+            busy = list(worker_group._busy)
+            if states and busy:
+                pid = busy[0].infos[rank]["pid"]
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    return thread, killed

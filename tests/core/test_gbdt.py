@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import lightgbm as lgb
@@ -26,6 +25,7 @@ from shardtrain.errors import (
 from shardtrain.modeling.distributors.lightgbm import LightGBMEstimator, LightGBMScalingConfig
 from shardtrain.modeling.distributors.xgboost import XGBEstimator, XGBScalingConfig
 from shardtrain.runtime import worker_group
+from tests.helpers import kill_rank_once_checkpointed
 
 pytestmark = pytest.mark.slow  # real Ray workers
 
@@ -385,21 +385,7 @@ def test_lightgbm_recovers_from_a_worker_killed_from_outside(tmp_path):
         failure_config=FailureConfig(max_failures=1, checkpoint_frequency=20),
     )
     stage = tmp_path / "stage"
-    killed = []
-
-    def killer():
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not killed:
-            states = list(stage.glob("checkpoints/*/state.json"))
-            busy = list(worker_group._busy)
-            if states and busy:
-                pid = busy[0].infos[1]["pid"]
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-            time.sleep(0.01)
-
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
+    thread, killed = kill_rank_once_checkpointed(stage)
     booster = est.fit(
         TRAIN,
         FEATURES,

@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import signal
-import threading
 import time
 
 import numpy as np
@@ -27,6 +26,7 @@ from shardtrain.config import FailureConfig
 from shardtrain.modeling.distributors.lightgbm import LightGBMEstimator, LightGBMScalingConfig
 from shardtrain.modeling.distributors.xgboost import XGBEstimator, XGBScalingConfig
 from shardtrain.runtime import worker_group
+from tests.helpers import kill_rank_once_checkpointed
 
 pytestmark = pytest.mark.slow  # real Ray workers, killed mid-run
 
@@ -158,21 +158,7 @@ def test_lightgbm_round_numbers_continue_after_a_restart(tmp_path, caplog):
         scaling_config=LightGBMScalingConfig(**TWO),
         failure_config=FailureConfig(max_failures=1, checkpoint_frequency=20),
     )
-    killed = []
-
-    def killer():  # kills rank 1 from outside once a checkpoint is on the stage
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not killed:
-            states = list(stage.glob("checkpoints/*/state.json"))
-            busy = list(worker_group._busy)
-            if states and busy:
-                pid = busy[0].infos[1]["pid"]
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-            time.sleep(0.01)
-
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
+    thread, killed = kill_rank_once_checkpointed(stage)
     booster = est.fit(
         make_data(20_000, 1),
         FEATURES,

@@ -372,6 +372,9 @@ def test_xgboost_without_restarts_names_the_dead_rank(tmp_path):
     with pytest.raises(worker_group.WorkerDiedError, match="worker rank 1 died") as info:
         est.fit(TRAIN, FEATURES, "Y", artifact_stage_location=str(tmp_path / "stage"))
     assert info.value.rank == 1 and time.monotonic() - start < 60
+    # the task log's message names the rank, the round it got to, and what to do
+    assert "[rank 1, after round " in str(info.value) and " of 30]" in str(info.value)
+    assert 4 <= info.value.round <= 6 and "FailureConfig(max_failures=n" in str(info.value)
     assert not worker_group.idle_groups(), "the failed fit's group must not go back to the pool"
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from shardtrain.config import FailureConfig
-from shardtrain.errors import StageError, WorkerDiedError
+from shardtrain.errors import StageError, WorkerDiedError, WorkerError
 from shardtrain.model.artifact import ModelArtifact, check_request_id, new_request_id
 from shardtrain.model.curves import (
     CURVES_FILE,
@@ -275,12 +275,43 @@ class Run:
             except WorkerDiedError as exc:
                 failures += 1
                 if failures > limit:
+                    self._explain(exc)
                     raise
                 emit(
                     f"{exc} Restarting the worker group ({failures}/{limit}) from "
                     f"{self.unit} {self.latest.step}."
                 )
                 continue
+            except WorkerError as exc:
+                self._explain(exc)
+                raise
             if self.progress is not None:
                 self.progress.finish()
             return result
+
+    def _explain(self, exc: WorkerError) -> None:
+        """Say in the error which rank failed, at which round (step), and what to do."""
+        at = self.progress.step if self.progress is not None else self.latest.step
+        total = f" of {self.progress.total}" if self.progress is not None else ""
+        exc.details["round"] = exc.round = at
+        where = f"rank {exc.rank}" if getattr(exc, "rank", None) is not None else "a rank"
+        resume = (
+            f" A rerun with the same request id resumes from its checkpoint at {self.unit} "
+            f"{self.latest.step}."
+            if self.plan.checkpoints is not None and self.latest.step
+            else ""
+        )
+        if isinstance(exc, WorkerDiedError):
+            todo = (
+                "Its process died (killed, or out of memory: check the node's memory); "
+                "FailureConfig(max_failures=n, checkpoint_frequency=k) restarts the group "
+                "from the latest checkpoint."
+                if not self.failure_config.max_failures
+                else "It died more often than FailureConfig.max_failures allows."
+            )
+        else:
+            todo = "Fix the cause (the rank's traceback is in this message) and run again."
+        if self.progress is not None or at:
+            where += f", after {self.unit} {at}{total}"
+        exc.message = f"{exc.message} [{where}] {todo}{resume}"
+        exc.args = (exc.message,)

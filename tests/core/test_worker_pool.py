@@ -121,15 +121,21 @@ def test_a_second_driver_process_gets_the_first_ones_warm_workers(tmp_path):
     assert f"{group['id']}  2 x 1 CPU SPREAD: idle" in text, text
 
 
+def _busy_group_of(driver: subprocess.Popen) -> dict:
+    """The one group ``driver`` leases, once its fit has started (it must not exit first)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not _groups_of(driver.pid):
+        assert driver.poll() is None, driver.communicate()[1][-3000:]
+        time.sleep(0.2)
+    [group] = _groups_of(driver.pid)
+    return group
+
+
 def test_a_driver_killed_mid_fit_loses_its_group_after_the_lease_timeout(ray_cluster, tmp_path):
     lease_timeout = 3.0
     driver = _driver(tmp_path, rounds=100_000, SHARDTRAIN_WORKER_LEASE_TIMEOUT_S=str(lease_timeout))
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not _groups_of(driver.pid):
-            assert driver.poll() is None, driver.communicate()[1][-3000:]
-            time.sleep(0.2)
-        [group] = _groups_of(driver.pid)
+        group = _busy_group_of(driver)
         assert group["state"] == "busy" and _cpus_free(ray_cluster) == 0
         time.sleep(1.5)  # mid-fit: the ranks are in xgboost's collective
         os.kill(driver.pid, signal.SIGKILL)
@@ -236,11 +242,7 @@ def test_two_drivers_at_once_on_a_cluster_that_fits_one_run_one_after_the_other(
 def test_shutdown_workers_spares_other_drivers_running_groups(ray_cluster, tmp_path):
     driver = _driver(tmp_path, rounds=100_000)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not _groups_of(driver.pid):
-            assert driver.poll() is None, driver.communicate()[1][-3000:]
-            time.sleep(0.2)
-        [group] = _groups_of(driver.pid)
+        group = _busy_group_of(driver)
         worker_group.shutdown_workers()  # idle groups and this process's busy ones only
         assert [g["id"] for g in _groups_of(driver.pid)] == [group["id"]]
         assert all(_alive(p) for p in group["pids"])

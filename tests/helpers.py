@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,14 +51,19 @@ def open_sessions() -> set:
 
 @dataclass(frozen=True)
 class TaskInstanceIdentity:
-    """What a training operator reads from ``context['ti']``: a task instance's identity.
-    (A value, not a stand-in for behaviour: operators read nothing else from it.)"""
+    """What a training operator reads from ``context['ti']`` when a test calls ``execute``
+    outside a DAG run: a task instance's identity, and the XComs it pushes (kept in
+    ``xcoms`` for the test to read; ``dag.test()`` tests use Airflow's own)."""
 
     dag_id: str
     run_id: str
     task_id: str
     map_index: int = -1
     try_number: int = 1
+    xcoms: dict = field(default_factory=dict, compare=False)
+
+    def xcom_push(self, key: str, value) -> None:
+        self.xcoms[key] = value
 
 
 def kill_rank_once_checkpointed(stage: Path, rank: int = 1) -> tuple[threading.Thread, list[int]]:

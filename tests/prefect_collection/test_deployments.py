@@ -166,6 +166,9 @@ def test_every_example_flow_runs_as_a_served_deployment(prefect_server, ray_head
                 assert train[0].state.result() == artifact
     finally:
         output = _stop(serving)
-    # Worker lines reach the run's output (not a terminal) without ANSI colour codes.
+    # Ranks' stdout goes to the Ray job that created the cluster's worker pool (the first
+    # driver; later ones get its warm workers), so whether Ray prefixes any here depends on
+    # which test ran first: ranks' warnings reach every run's log through the driver instead
+    # (tests/core/test_worker_pool.py). Whatever Ray prints here has no ANSI colour codes.
     worker_lines = [line for line in output.splitlines() if " pid=" in line]
-    assert worker_lines and not [line for line in worker_lines if "\x1b[" in line]
+    assert not [line for line in worker_lines if "\x1b[" in line]

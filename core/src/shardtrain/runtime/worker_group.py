@@ -88,16 +88,6 @@ class WorkerGroup:
     def world_size(self) -> int:
         return len(self.workers)
 
-    def healthy(self, timeout_s: float = HEALTH_TIMEOUT_S) -> bool:
-        """Every actor answers (a warm worker may have been killed while idle)."""
-        import ray
-
-        try:
-            ray.get([w.info.remote() for w in self.workers], timeout=timeout_s)
-        except Exception:  # dead actor, lost node, no answer in time
-            return False
-        return True
-
     def run(
         self,
         fn: Callable,

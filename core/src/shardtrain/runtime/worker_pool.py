@@ -98,9 +98,8 @@ class WorkerPool:
         # A lease's placement group that was not ready when its try ended: the next try of the
         # same lease waits on it again instead of removing it and asking anew (a removed
         # group that was about to be placed could leave its bundles reserved under load).
-        # lease -> (placement group, key, expiry unless renewed)
-        self._pending: dict[str, tuple[Any, tuple, float]] = {}
-        self._lease_timeouts: dict[str, float] = {}
+        # lease -> (placement group, key, lease timeout, expiry unless renewed)
+        self._pending: dict[str, tuple[Any, tuple, float, float]] = {}
         self._demand_checked = 0.0
         threading.Thread(target=self._sweeper, name="sweeper", daemon=True).start()
 
@@ -150,8 +149,8 @@ class WorkerPool:
                 if lease in held:
                     held[lease].expires = now + held[lease].lease_timeout_s
                 if lease in self._pending:
-                    pg, key, _ = self._pending[lease]
-                    self._pending[lease] = (pg, key, now + self._pending_timeout(lease))
+                    pg, key, timeout_s, _ = self._pending[lease]
+                    self._pending[lease] = (pg, key, timeout_s, now + timeout_s)
             return [
                 x
                 for x in leases
@@ -260,9 +259,6 @@ class WorkerPool:
             _remove_pg(pending[0])
         return pending is not None
 
-    def _pending_timeout(self, lease: str) -> float:
-        return self._lease_timeouts.get(lease, LEASE_RENEW_S * 10)
-
     def _place(
         self, lease: str, key: tuple, wait_s: float, lease_timeout_s: float
     ) -> _Group | None:
@@ -275,7 +271,6 @@ class WorkerPool:
         shape, strategy, per_bundle = key
         with self._lock:
             pending = self._pending.pop(lease, None)
-            self._lease_timeouts[lease] = lease_timeout_s
         if pending is not None and pending[1] == key:
             pg = pending[0]
         else:
@@ -293,10 +288,9 @@ class WorkerPool:
             ready = pg.wait(timeout_seconds=max(wait_s - GIVE_WAY_AFTER_S, 0))
         if not ready:
             with self._lock:
-                self._pending[lease] = (pg, key, time.monotonic() + lease_timeout_s)
+                expires = time.monotonic() + lease_timeout_s
+                self._pending[lease] = (pg, key, lease_timeout_s, expires)
             return None
-        with self._lock:
-            self._lease_timeouts.pop(lease, None)
         workers = [
             actor_class()
             .options(
@@ -353,10 +347,8 @@ class WorkerPool:
                 ]
                 for group in doomed:
                     self._groups.pop(group.id)
-                lapsed = [x for x, (_, _, expires) in self._pending.items() if now >= expires]
+                lapsed = [x for x, (*_, expires) in self._pending.items() if now >= expires]
                 lapsed_pgs = [self._pending.pop(x)[0] for x in lapsed]
-                for lease in lapsed:
-                    self._lease_timeouts.pop(lease, None)
             for pg in lapsed_pgs:  # their driver stopped asking (it died while queued)
                 _remove_pg(pg)
             for group in doomed:

@@ -22,6 +22,7 @@ from shardtrain import (
     ShardedDataConnector,
     ShardtrainError,
 )
+from tests.helpers import snowpark_table
 
 
 def test_seed_torch_loop_runs_unchanged(snowpark_session):
@@ -29,7 +30,7 @@ def test_seed_torch_loop_runs_unchanged(snowpark_session):
     rng = np.random.default_rng(1)
     frame = pd.DataFrame({"A": rng.random(3000), "B": rng.random(3000)})
     frame["Y"] = 2 * frame["A"] - frame["B"]
-    snowpark_session.create_dataframe(frame).write.save_as_table("SEED_LOOP", mode="overwrite")
+    snowpark_table(snowpark_session, frame, "SEED_LOOP")
     data_connector = ShardedDataConnector.from_dataframe(snowpark_session.table("SEED_LOOP"))
     input_cols, label_col = ["A", "B"], "Y"
 

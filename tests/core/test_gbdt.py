@@ -25,7 +25,7 @@ from shardtrain.errors import (
 from shardtrain.modeling.distributors.lightgbm import LightGBMEstimator, LightGBMScalingConfig
 from shardtrain.modeling.distributors.xgboost import XGBEstimator, XGBScalingConfig
 from shardtrain.runtime import worker_group
-from tests.helpers import kill_rank_once_checkpointed
+from tests.helpers import kill_rank_once_checkpointed, snowpark_table
 
 pytestmark = pytest.mark.slow  # real Ray workers
 
@@ -72,8 +72,7 @@ def as_source(kind, frame, tmp_path, snowpark_session, name):
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, row_group_size=3000)
         return DataConnector.from_parquet(str(path))
     table = f"GBDT_{name.upper()}"
-    snowpark_session.create_dataframe(frame).write.save_as_table(table, mode="overwrite")
-    return DataConnector.from_dataframe(snowpark_session.table(table))
+    return DataConnector.from_dataframe(snowpark_table(snowpark_session, frame, table))
 
 
 @pytest.mark.parametrize("kind", ["pandas", "parquet", "snowpark"])
@@ -278,8 +277,8 @@ def test_seed_xgboost_example_runs_with_only_the_import_changed(
         columns={"F0": "AGE", "F1": "INCOME", "F2": "CREDIT_SCORE", "Y": "DEFAULT_RISK"}
     )
     session = snowpark_session
-    session.create_dataframe(frame).write.save_as_table("TRAINING_DATA", mode="overwrite")
-    session.create_dataframe(frame.iloc[:1000]).write.save_as_table("EVAL_DATA", mode="overwrite")
+    snowpark_table(session, frame, "TRAINING_DATA")
+    snowpark_table(session, frame.iloc[:1000], "EVAL_DATA")
 
     from shardtrain.data.data_connector import DataConnector
 

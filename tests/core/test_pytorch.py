@@ -31,6 +31,7 @@ from shardtrain.modeling.distributors.pytorch import (
     get_context,
 )
 from shardtrain.runtime import worker_group
+from tests.helpers import snowpark_table
 
 pytestmark = pytest.mark.slow  # real Ray workers and DDP
 
@@ -305,9 +306,7 @@ def test_seed_pytorch_example_with_only_the_import_changed(
     data = frame(5000).drop(columns=["ID"])
     if source == "snowpark":
         session = snowpark_session
-        session.create_dataframe(data).write.save_as_table(
-            "EXAMPLE_TRAINING_DATA", mode="overwrite"
-        )
+        snowpark_table(session, data, "EXAMPLE_TRAINING_DATA")
         data_connector = ShardedDataConnector.from_dataframe(session.table("EXAMPLE_TRAINING_DATA"))
     else:
         pq.write_table(pa.Table.from_pandas(data), tmp_path / "train.parquet", row_group_size=700)

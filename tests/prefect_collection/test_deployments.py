@@ -44,7 +44,7 @@ from pytorch_flow import pytorch_training
 serve(
     *(f.to_deployment(name="test", parameters={"rows": 5000})
       for f in (xgboost_training, lightgbm_training, pytorch_training)),
-    limit=1,  # one run at a time on the session's 2-CPU Ray head
+    limit=3,  # all three at once: their fits queue for the 2-CPU head's workers
 )
 """
 

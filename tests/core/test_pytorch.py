@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -199,6 +200,8 @@ def resumable_train():
     if folder is not None:
         state = json.loads(open(os.path.join(folder, "state.json")).read())
         start, total = state["epoch"] + 1, state["total"]
+        with open(params["progress"] + f".resumed-{context.get_rank()}", "w") as handle:
+            handle.write(folder)
     for epoch in range(start, 6):
         total += epoch
         if context.get_rank() == 0 and epoch == 4:
@@ -241,6 +244,9 @@ def test_killed_worker_restarts_group_from_checkpoint(tmp_path):
     metrics = result.get_metrics()
     assert metrics["epoch"] == 5 and metrics["total"] == sum(range(6))
     assert metrics["started_at"] > 0, "restarted from scratch instead of the checkpoint"
+    # the checkpoint folders the ranks were handed are gone with the run (warm workers stay)
+    handed = [Path(p.read_text()) for p in tmp_path.glob("rank0.resumed-*")]
+    assert len(handed) == 2 and not any(folder.exists() for folder in handed)
 
 
 SEED_INPUT_COLS = ["A", "B"]

@@ -104,6 +104,7 @@ class Context:
         self._checkpoint = checkpoint
         self._checkpoint_steps = checkpoint_step  # continues across restarts
         self._gpus = gpus
+        self._checkpoint_dirs: list[str] = []  # handed out by get_checkpoint; removed at the end
 
     def get_world_size(self) -> int:
         return self._world_size
@@ -157,8 +158,15 @@ class Context:
         if self._checkpoint is None:
             return None
         folder = Path(tempfile.mkdtemp(prefix="shardtrain-ckpt-"))
+        self._checkpoint_dirs.append(str(folder))
         unpack(self._checkpoint, folder)
         return str(folder)
+
+    def remove_local_folders(self) -> None:
+        """Remove the model folder and the checkpoint folders this rank handed out: a warm
+        worker runs many fits, and each resumed one would otherwise leave one behind."""
+        for folder in (self._model_dir, *self._checkpoint_dirs):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _cuda_available() -> bool:
@@ -249,13 +257,14 @@ def run_rank(
         checkpoint_step=checkpoint_step,
         gpus=gpus,
     )
+    context = _current_context
     try:
         train_func()
         return TorchRankResult(pack(Path(model_dir)) if rank == 0 else None)
     finally:
         _current_context = None
         _destroy_process_group()
-        shutil.rmtree(model_dir, ignore_errors=True)
+        context.remove_local_folders()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

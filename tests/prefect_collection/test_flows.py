@@ -174,3 +174,44 @@ def test_tasks_close_the_sessions_they_open(api, tmp_path):
     assert on_snowflake.uri.startswith("@ML.PUBLIC.MODELS/model/prefect-")
     assert registered.model_uri.startswith("models:/closing_check/")
     assert open_sessions() == before
+
+
+def test_concurrent_task_runs_each_log_only_their_own_lines(api, tmp_path):
+    """Two training task runs at once in one flow (threads): each run's log has its own
+    model's lines and none of the other's, and the shardtrain logger is left as it was."""
+    import logging
+
+    from example_data import FEATURES, LABEL, prepare
+    from prefect.client.schemas.filters import LogFilter
+
+    data = prepare(5000)
+    source = logging.getLogger("shardtrain")
+    before = (source.level, source.propagate, list(source.handlers))
+
+    @flow
+    def two_at_once():
+        futures = [
+            train_xgboost.with_options(task_run_name=f"train-{i}").submit(
+                data["train"],
+                FEATURES,
+                LABEL,
+                n_estimators=5 + 5 * i,
+                verbose_eval=1,
+                scaling_config={"num_workers": 1, "num_cpu_per_worker": 1},
+            )
+            for i in range(2)
+        ]
+        return [(f.task_run_id, f.result()) for f in futures]
+
+    runs = two_at_once()
+    flush_logs()
+    time.sleep(1)
+    uris = {str(run_id): artifact.uri for run_id, artifact in runs}
+    assert len(set(uris.values())) == 2
+    for run_id, uri in uris.items():
+        logs = api.read_logs(log_filter=LogFilter(task_run_id={"any_": [run_id]}))
+        text = "\n".join(log.message for log in logs)
+        assert f"training curves: {uri}" in text, text[-3000:]
+        (other,) = set(uris.values()) - {uri}
+        assert other not in text, "another task run's lines reached this run's log"
+    assert (source.level, source.propagate, list(source.handlers)) == before

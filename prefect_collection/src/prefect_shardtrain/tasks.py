@@ -12,11 +12,13 @@ flow and task run, logging to the run's log, and Prefect artifacts.
 import contextlib
 import dataclasses
 import logging
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.exceptions import MissingContextError
 
 from prefect_shardtrain.artifacts import (
     artifact_key,
@@ -62,27 +64,57 @@ def request_id() -> str:
     )
 
 
+class ToTaskRunLog(logging.Handler):
+    """shardtrain's records to the log of the task run whose thread emitted them.
+
+    One handler serves every task run of the process: the run logger is looked up in the
+    emitting thread's run context (Prefect's context variables), so two task runs training at
+    once in threads each get their own lines, not the other's. A record from a thread outside
+    any run goes to the root logger's handlers, as it would without this handler.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            run_logger = get_run_logger()
+        except MissingContextError:
+            logging.getLogger().callHandlers(record)
+            return
+        run_logger.log(record.levelno, record.getMessage())
+
+
+_forwarding_lock = threading.Lock()
+_forwarding: dict[str, Any] = {"users": 0}
+
+
 @contextlib.contextmanager
 def forwarded_logs() -> Iterator[None]:
-    """Send shardtrain's progress (per-round metrics) to this task run's log."""
-    run_logger = get_run_logger()
+    """Send shardtrain's progress (per-round metrics) to this task run's log.
 
-    class Forward(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            run_logger.log(record.levelno, record.getMessage())
-
-    handler = Forward(logging.INFO)
+    The handler is installed by the first task run of the process that enters and removed,
+    with the logger's level and propagation restored, by the last one that leaves (counted:
+    concurrent task runs enter and leave in any order).
+    """
     source = logging.getLogger("shardtrain")
-    source.addHandler(handler)
-    level, source.level = source.level, logging.INFO
-    # Not also to the root logger's handlers: Prefect's console would print each line twice.
-    propagate, source.propagate = source.propagate, False
+    with _forwarding_lock:
+        if _forwarding["users"] == 0:
+            _forwarding.update(
+                handler=ToTaskRunLog(logging.INFO), level=source.level, propagate=source.propagate
+            )
+            source.addHandler(_forwarding["handler"])
+            source.setLevel(logging.INFO)
+            # Not also to the root logger's handlers: Prefect's console would print each
+            # line twice (ToTaskRunLog passes records from outside any run on to them).
+            source.propagate = False
+        _forwarding["users"] += 1
     try:
         yield
     finally:
-        source.removeHandler(handler)
-        source.setLevel(level)
-        source.propagate = propagate
+        with _forwarding_lock:
+            _forwarding["users"] -= 1
+            if _forwarding["users"] == 0:
+                source.removeHandler(_forwarding.pop("handler"))
+                source.setLevel(_forwarding.pop("level"))
+                source.propagate = _forwarding.pop("propagate")
 
 
 def publish_artifacts(artifact: ModelArtifact) -> None:

@@ -3,8 +3,11 @@ Snowpark sessions are still open. Fixtures that start services live in ``tests/c
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,6 +19,13 @@ import pyarrow.parquet as pq
 
 FEATURES = ["A", "B", "C"]
 LABEL = "Y"
+
+
+def temp_folder(prefix: str) -> str:
+    """A new temporary folder removed when the test process exits (homes set at import)."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def regression_table(rows: int = 400, seed: int = 0) -> pa.Table:

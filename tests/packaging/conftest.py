@@ -5,7 +5,9 @@ installed alone into a fresh environment) is check_fresh_installs.sh, run by han
 from __future__ import annotations
 
 import os
-import tempfile
+
+from tests.helpers import temp_folder
 
 # Airflow writes its config under AIRFLOW_HOME when first imported: keep it out of ~/airflow.
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
+if "AIRFLOW_HOME" not in os.environ:
+    os.environ["AIRFLOW_HOME"] = temp_folder("airflow-home-")

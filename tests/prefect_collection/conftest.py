@@ -4,12 +4,14 @@ server and database), started once per session."""
 from __future__ import annotations
 
 import os
-import tempfile
 
 import pytest
 
+from tests.helpers import temp_folder
+
 # Prefect reads these when it is first imported: set them before any test module imports it.
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-home-"))
+if "PREFECT_HOME" not in os.environ:
+    os.environ["PREFECT_HOME"] = temp_folder("prefect-home-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "0.3")
 

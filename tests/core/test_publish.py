@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import subprocess
 import sys
 import textwrap
@@ -21,9 +20,7 @@ from shardtrain.model.artifact import ModelArtifact, new_request_id
 from shardtrain.model.load import fetch_model, load_model, read_manifest
 from shardtrain.model.publish import MANIFEST, publish_model
 from shardtrain.stage import open_stage
-
-X = np.random.default_rng(0).random((200, 4))
-Y = X @ np.array([1.0, -2.0, 0.5, 3.0])
+from tests.core.publish_workers import X, Y, publish_in_process
 
 
 def xgb_dir(tmp_path, rounds=5):
@@ -215,23 +212,6 @@ def test_publisher_killed_before_manifest(tmp_path):
     )
 
 
-def _publish_in_process(args):
-    stage, storage_options, index, tmp = args
-    booster = xgb.train({"max_depth": 2, "seed": index}, xgb.DMatrix(X, label=Y + index), 3)
-    folder = os.path.join(tmp, f"m{index}")
-    os.makedirs(folder)
-    booster.save_model(os.path.join(folder, "model.ubj"))
-    artifact = publish_model(
-        folder,
-        framework="xgboost",
-        stage=stage,
-        model_file="model.ubj",
-        storage_options=storage_options,
-        metrics={"i": {"index": index}},
-    )
-    return artifact.to_dict(), booster.predict(xgb.DMatrix(X)).tolist()
-
-
 @pytest.mark.parametrize("backend", ["local", "s3"])
 def test_eight_concurrent_publishers(backend, tmp_path, request):
     if backend == "local":
@@ -241,7 +221,7 @@ def test_eight_concurrent_publishers(backend, tmp_path, request):
     context = multiprocessing.get_context("spawn")
     with context.Pool(8) as pool:
         results = pool.map(
-            _publish_in_process, [(stage, options, i, str(tmp_path)) for i in range(8)]
+            publish_in_process, [(stage, options, i, str(tmp_path)) for i in range(8)]
         )
     artifacts = [ModelArtifact.from_dict(a) for a, _ in results]
     assert len({a.request_id for a in artifacts}) == 8

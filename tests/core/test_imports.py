@@ -32,3 +32,17 @@ print(sorted(shardtrain.__all__)[:3])
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_importing_the_rank_modules_starts_no_ray():
+    """The rank modules ask whether they run in a Ray worker (to import the framework without
+    scikit-learn there); in a plain process that question must not start a local Ray."""
+    script = """
+import ray
+import shardtrain.modeling.distributors.xgboost_worker
+import shardtrain.modeling.distributors.lightgbm_worker
+assert not ray.is_initialized(), "importing a rank module started Ray"
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

@@ -7,6 +7,7 @@ downstream validates a config again.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from shardtrain.errors import ConfigError, ScalingConfigError
@@ -48,6 +49,42 @@ def check_number(value: object, name: str, *, error: type[ConfigError] = ConfigE
     return value
 
 
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+
+def parse_bytes(value: object, name: str, *, error: type[ConfigError] = ConfigError) -> int:
+    """A size in bytes: an int (not a bool) >= 1, or a string such as ``"512MiB"``, ``"2GiB"``,
+    ``"1.5GB"`` (B, KB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB of 1024); -1 or
+    ``None`` is -1 (automatic)."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value == -1):
+        return -1
+    if isinstance(value, str):
+        match = _SIZE.match(value)
+        unit = match.group(2).lower() if match else None
+        if match and unit in _UNITS:
+            size = int(float(match.group(1)) * _UNITS[unit])
+            if size >= 1:
+                return size
+        raise error(
+            f"{name} must be a size such as '512MiB', '2GiB', '1.5GB' or a number of bytes, "
+            f"got {value!r}.",
+            field=name,
+        )
+    return check_int(value, name, auto=True, error=error, also="a size string ('2GiB')", field=name)
+
+
 @dataclass(frozen=True)
 class FailureConfig:
     """How a distributed fit survives a worker dying.
@@ -72,15 +109,31 @@ class FailureConfig:
 
 @dataclass(frozen=True)
 class GBDTScalingConfig:
-    """Workers, CPUs per worker and GPUs: -1 is automatic, ``use_gpu=None`` detects."""
+    """Workers, CPUs per worker, GPUs and memory per worker: -1 is automatic, ``use_gpu=None``
+    detects.
+
+    ``memory_per_worker`` is each rank's memory budget for its shard, in bytes or as a string
+    (``"2GiB"``, ``"500MB"``); -1 or ``None`` (the default) derives it from what Ray reports:
+    half of a node's ``memory`` resource divided among the workers placed on it
+    (``shardtrain.runtime.memory``). Before any worker starts, each rank's shard is checked
+    against it: a shard over budget trains from external memory where the framework can
+    (XGBoost), and is refused with ``MemoryBudgetError`` where it cannot. Normalised to bytes
+    (-1: automatic) on construction.
+    """
 
     num_workers: int = -1
     num_cpu_per_worker: int = -1
     use_gpu: bool | None = None
+    memory_per_worker: int | str | None = -1
 
     def __post_init__(self) -> None:
         for name in ("num_workers", "num_cpu_per_worker"):
             check_int(getattr(self, name), name, auto=True, error=ScalingConfigError, field=name)
+        object.__setattr__(
+            self,
+            "memory_per_worker",
+            parse_bytes(self.memory_per_worker, "memory_per_worker", error=ScalingConfigError),
+        )
         if self.use_gpu not in (None, True, False):
             raise ScalingConfigError(
                 f"use_gpu must be True, False or None, got {self.use_gpu!r}.", field="use_gpu"
@@ -95,7 +148,9 @@ class XGBScalingConfig(GBDTScalingConfig):
 
     Example:
         >>> XGBScalingConfig(num_workers=2, num_cpu_per_worker=1)
-        XGBScalingConfig(num_workers=2, num_cpu_per_worker=1, use_gpu=None)
+        XGBScalingConfig(num_workers=2, num_cpu_per_worker=1, use_gpu=None, memory_per_worker=-1)
+        >>> XGBScalingConfig(num_workers=2, memory_per_worker="1GiB").memory_per_worker
+        1073741824
     """
 
 

@@ -109,6 +109,13 @@ CLUSTER_START_TIMEOUT_S = Knob(
     "seconds to wait for the local head to start, or for another process starting it.",
     float,
 )
+EXTMEM_DIR = Knob(
+    "SHARDTRAIN_EXTMEM_DIR",
+    None,
+    "the folder on each worker's local disk where XGBoost's external-memory cache pages go "
+    "(one subfolder per fit and rank, removed after the fit); default: "
+    "<system temp dir>/shardtrain-extmem. Read on the driver when set, else on each worker.",
+)
 
 #: Every knob, for documentation and ``shardtrain`` tooling.
 KNOBS: tuple[Knob, ...] = (
@@ -121,4 +128,5 @@ KNOBS: tuple[Knob, ...] = (
     CLUSTER_IDLE_S,
     CLUSTER_NUM_CPUS,
     CLUSTER_START_TIMEOUT_S,
+    EXTMEM_DIR,
 )

@@ -110,6 +110,12 @@ class ScalingConfigError(ConfigError):
     """A scaling configuration the cluster cannot satisfy; the message says what it has."""
 
 
+class MemoryBudgetError(ScalingConfigError):
+    """A rank's shard does not fit its per-worker memory budget and cannot be streamed (or
+    needs more than the budget even streamed). Attributes: ``rank``, ``rows``, ``needed``
+    and ``budget`` (bytes), ``streaming`` (whether ``needed`` is the streaming need)."""
+
+
 class WorkerError(ShardtrainError, RuntimeError):
     """A worker failed. Attributes: ``rank`` and ``worker_traceback`` (the original one)."""
 
@@ -137,6 +143,31 @@ class JobFailedError(JobError):
 
 class JobStoppedError(JobError):
     """The job was stopped before it finished (cancelled, or stopped from outside)."""
+
+
+class PartitionError(ShardtrainError, RuntimeError):
+    """Many-model training: a partition did not produce a model (its train function raised or
+    returned nothing), or its model was asked for. Attributes: ``partition_id``, ``run_id``
+    and ``worker_traceback`` (the original traceback, where there is one)."""
+
+
+class NoModelReturnedError(PartitionError):
+    """A many-model train function returned None instead of the model it trained."""
+
+
+class SearchSpaceError(ConfigError):
+    """Tuner: a search space (or its pairing with the search algorithm) that is not valid.
+    Attribute: ``param`` (the hyperparameter it is about, where there is one)."""
+
+
+class TuneError(ShardtrainError, RuntimeError):
+    """Tuner: no trial produced a result. Attributes: ``trial_id`` and ``worker_traceback``
+    of the first failed trial, where one failed."""
+
+
+class MetricNotReportedError(TuneError):
+    """Tuner: a trial's ``report()`` lacks the metric the ``TunerConfig`` optimises.
+    Attributes: ``metric`` and ``reported`` (the names it did report)."""
 
 
 def missing_columns_error(missing: list[str], available: list[str]) -> SchemaError:

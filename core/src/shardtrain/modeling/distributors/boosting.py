@@ -15,9 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+from shardtrain import env
 from shardtrain.config import FailureConfig, GBDTScalingConfig, check_int
 from shardtrain.data.data_connector import DataConnector, as_connector
-from shardtrain.data.numeric import check_training_columns, matrix_batches
+from shardtrain.data.numeric import TRAIN_BATCH_ROWS, check_training_columns, matrix_batches
 from shardtrain.data.sharding import shard
 from shardtrain.errors import ConfigError, NotFittedError, ScalingConfigError, SchemaError
 from shardtrain.model.artifact import ModelArtifact, check_request_id
@@ -26,6 +27,7 @@ from shardtrain.modeling.params import warn_unknown_params
 from shardtrain.runtime import worker_group
 from shardtrain.runtime.cluster import connect
 from shardtrain.runtime.events import RoundMetrics, Snapshot
+from shardtrain.runtime.memory import MemoryPlan, gib, plan_memory, resolve_budget
 from shardtrain.runtime.resources import WorkerShape
 from shardtrain.runtime.run import Checkpoint, Run, RunPlan, emit
 
@@ -57,6 +59,11 @@ class BoostingJob:
     label_rule: tuple[str, int] = ("any", 0)  # what the objective takes (data.numeric)
     #: Whether ranks evaluate the training set each round (see ``wants_train_metric``).
     evaluate_train: bool = True
+    #: Whether ranks train from external memory (the budget check decided: ``MemoryPlan``).
+    external_memory: bool = False
+    #: Where external-memory caches go (``SHARDTRAIN_EXTMEM_DIR`` read on the driver; None:
+    #: each worker's own default).
+    extmem_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,32 @@ class BoostingRankResult:
     data_seconds: float
     training_seconds: float
     model: bytes | None = None
+    #: External memory: the rank's cache folder (removed by the time this is read) and its
+    #: size on disk once the matrices were built.
+    cache_dir: str | None = None
+    cache_bytes: int = 0
+
+
+#: Per-row state of a boosting rank beside its data (gradient pairs, predictions, labels,
+#: row partition indices), rounded up.
+PER_ROW_STATE_BYTES = 48
+
+#: Float32 bytes of one prediction batch (features): what a predicting rank holds at a time,
+#: with the framework's copy of it and the batch's predictions.
+PREDICT_BATCH_BYTES = 32 * 2**20
+
+#: External memory (XGBoost; here, so that its worker module does not import the
+#: estimator's): the float32 bytes of one Arrow batch, hence of one cache page.
+EXTMEM_BATCH_BYTES = 16 * 2**20
+#: Streaming (LightGBM; here for the same reason): the bytes of features in one batch a rank
+#: converts and hands LightGBM.
+STREAM_BATCH_BYTES = 4 * 2**20
+
+
+def extmem_batch_rows(rows: int, num_features: int) -> int:
+    """Rows per batch (= per cache page) in external memory: ``EXTMEM_BATCH_BYTES`` of
+    float32, and at least 8 pages for a small shard (at least 1024 rows a page)."""
+    return max(1024, min(EXTMEM_BATCH_BYTES // (4 * (num_features + 1)), -(-rows // 8)))
 
 
 #: Thread counts follow the workers' CPUs: not part of what a checkpoint is of.
@@ -132,6 +165,13 @@ def pop_rounds(params: dict, default: int, aliases: Sequence[str]) -> int:
     return check_int(rounds, "n_estimators")
 
 
+def prediction_table(predictions: np.ndarray) -> pa.Table:
+    """``prediction`` (one output) or ``prediction_<i>`` columns (one per output)."""
+    if predictions.ndim == 1:
+        return pa.table({"prediction": predictions})
+    return pa.table({f"prediction_{i}": predictions[:, i] for i in range(predictions.shape[1])})
+
+
 def predict_rank(
     reporter,
     *,
@@ -143,23 +183,41 @@ def predict_rank(
     rank: int,
     storage_options: dict | None,
 ):
-    """One rank's predictions: in memory, or written as ``part-<rank>.parquet`` under output."""
+    """One rank's predictions: in memory, or written as ``part-<rank>.parquet`` under output.
+
+    With ``output`` the rank streams: each batch's predictions are written as a row group as
+    soon as they are made, so a rank holds one batch (features and predictions) at a time
+    whatever the size of its shard (issue 18); only in-memory predictions are concatenated.
+    """
     predict_batch = predictor(model)
-    parts = [predict_batch(features) for features, _ in matrix_batches(shard, input_cols, None)]
-    predictions = np.concatenate(parts) if parts else np.empty((0,), dtype=np.float32)
+    # batches of <= PREDICT_BATCH_BYTES of float32 features: wide rows, fewer of them
+    batch_rows = max(
+        1024, min(TRAIN_BATCH_ROWS, PREDICT_BATCH_BYTES // (4 * max(len(input_cols), 1)))
+    )
+    batches = (
+        predict_batch(features)
+        for features, _ in matrix_batches(shard, input_cols, None, batch_rows)
+    )
     if output is None:
-        return predictions
+        parts = list(batches)
+        return np.concatenate(parts) if parts else np.empty((0,), dtype=np.float32)
     fs, root = url_to_fs(output, **(storage_options or {}))
     fs.makedirs(root, exist_ok=True)
-    if predictions.ndim == 1:
-        table = pa.table({"prediction": predictions})
-    else:
-        table = pa.table(
-            {f"prediction_{i}": predictions[:, i] for i in range(predictions.shape[1])}
-        )
+    rows, writer = 0, None
     with fs.open(f"{root.rstrip('/')}/part-{rank:05d}.parquet", "wb") as handle:
-        pq.write_table(table, handle)
-    return len(predictions)
+        try:
+            for predictions in batches:
+                table = prediction_table(predictions)
+                if writer is None:
+                    writer = pq.ParquetWriter(handle, table.schema)
+                writer.write_table(table)
+                rows += len(predictions)
+            if writer is None:  # an empty shard still writes its (empty) part
+                pq.write_table(prediction_table(np.empty((0,), dtype=np.float32)), handle)
+        finally:
+            if writer is not None:
+                writer.close()
+    return rows
 
 
 class BoostingEstimator:
@@ -175,6 +233,9 @@ class BoostingEstimator:
     forbidden_name_chars: str = ""
     #: Parameters that name an evaluation metric (asking for one: ``wants_train_metric``).
     metric_keys: tuple[str, ...] = ()
+    #: Whether a shard over the memory budget can train streamed (external memory); if not,
+    #: it is refused before workers start (``runtime.memory.plan_memory``).
+    can_stream: bool = False
 
     def __init__(
         self,
@@ -193,6 +254,7 @@ class BoostingEstimator:
         self._eval_results: History = {}
         self._artifact: ModelArtifact | None = None
         self._input_cols: list[str] | None = None
+        self._memory_plan: MemoryPlan | None = None
 
     @property
     def framework(self) -> str:
@@ -214,6 +276,11 @@ class BoostingEstimator:
     def get_artifact(self) -> ModelArtifact:
         """Where ``fit`` published the model, and what it is."""
         return self._need(self._artifact, "published model")
+
+    def get_memory_plan(self) -> MemoryPlan:
+        """What the last fit's memory check decided: budget, each rank's need, and whether
+        the ranks trained from external memory."""
+        return self._need(self._memory_plan, "memory plan")
 
     @staticmethod
     def _need(value, what):
@@ -267,6 +334,8 @@ class BoostingEstimator:
         workers = plan.shape.num_workers
         train_shards = shard(train, workers, "training")
         eval_shards = shard(evals, workers, "eval_set") if evals is not None else [None] * workers
+        memory_plan = self._plan_memory(train_shards, eval_shards, len(input_cols), workers)
+        emit(memory_plan.describe())
         run = Run(
             RunPlan.open(
                 artifact_stage_location,
@@ -316,6 +385,8 @@ class BoostingEstimator:
                 checkpoint_every=self.failure_config.checkpoint_frequency,
                 label_rule=self._label_rule(plan.params),
                 evaluate_train=evaluate_train,
+                external_memory=memory_plan.external,
+                extmem_dir=env.EXTMEM_DIR.get(),
             )
 
             def on_progress(events: list[RoundMetrics], snapshot: Snapshot | None) -> None:
@@ -345,8 +416,22 @@ class BoostingEstimator:
                 )
             )
             model_bytes = results[0].model
+            if memory_plan.external:
+                memory_plan = replace(
+                    memory_plan,
+                    cache_dirs=tuple(res.cache_dir for res in results),
+                    cache_bytes=tuple(res.cache_bytes for res in results),
+                )
+                emit(
+                    "external memory: "
+                    + ", ".join(
+                        f"rank {r}: {gib(res.cache_bytes)} of cache pages (removed)"
+                        for r, res in enumerate(results)
+                    )
+                )
         self._booster = self.spec.load(model_bytes)
         self._eval_results = history
+        self._memory_plan = memory_plan
         self._input_cols = list(input_cols)
         num_rows = {"train": train.num_rows}
         if evals is not None:
@@ -370,6 +455,40 @@ class BoostingEstimator:
             source=source,
         )
         return self._booster
+
+    # -- memory budget (issue 18) --------------------------------------------------------------
+    def _plan_memory(self, train_shards, eval_shards, num_features: int, workers: int):
+        """Check each rank's shard (training + eval rows) against the budget, before any
+        worker starts: ``MemoryBudgetError`` for one that fits neither in memory nor streamed."""
+        budget, source = resolve_budget(
+            getattr(self.scaling_config, "memory_per_worker", -1), workers
+        )
+        rows = [
+            t.num_rows + (e.num_rows if e is not None else 0)
+            for t, e in zip(train_shards, eval_shards, strict=True)
+        ]
+        return plan_memory(
+            budget,
+            source,
+            rows,
+            num_features,
+            self._shard_memory_bytes,
+            self.can_stream,
+            self.spec.name,
+        )
+
+    def _shard_memory_bytes(self, rows: int, num_features: int, streaming: bool) -> int:
+        """Bytes a rank needs for a shard of ``rows`` x ``num_features``: what grows with the
+        shard (the worker's fixed overhead, Python and the framework, ~150-250 MiB, comes on
+        top; the automatic budget leaves room for it).
+
+        In memory (the default, for any framework): the float32 copy of features and label,
+        the trainer's binned matrix (one byte a value, up to 256 bins, plus a row offset) and
+        per-row state (gradients, hessians, predictions, row partitions: ``PER_ROW_STATE_BYTES``).
+        A framework that can stream (``can_stream``) overrides this for ``streaming=True``
+        with what stays resident then.
+        """
+        return rows * (4 * (num_features + 1) + num_features + 8 + PER_ROW_STATE_BYTES)
 
     def _label_rule(self, params: dict[str, Any]) -> tuple[str, int]:
         """What the objective takes as labels (see ``data.numeric.check_labels``)."""

@@ -9,6 +9,13 @@ metric statistics over a small TCP allreduce
 (``runtime.collective``): every rank then sees the global metric, and early stopping decides
 the same round everywhere (a rank stopping alone would hang the others). The rank-side code
 is in ``lightgbm_worker``.
+
+Memory (issue 18): a rank whose shard is over its memory budget (``memory_per_worker``)
+builds its Dataset streamed (``lightgbm_worker.ShardSequence``): the raw features pass
+through one batch at a time and only LightGBM's binned copy stays. LightGBM has no
+external memory: the binned data (a byte a value up to 255 bins) and the per-row training
+state must fit, which is what ``_shard_memory_bytes(streaming=True)`` counts. Below the
+budget a rank reads its shard whole (Arrow), which binning from costs less CPU.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from shardtrain.config import FailureConfig, LightGBMScalingConfig
 from shardtrain.errors import ConfigError, ScalingConfigError, WorkerError
 from shardtrain.model.frameworks import LIGHTGBM
 from shardtrain.modeling.distributors.boosting import (
+    STREAM_BATCH_BYTES,
     BoostingEstimator,
     BoostingPlan,
     check_thread_params,
@@ -32,6 +40,20 @@ __all__ = ["MODEL_FILE", "LightGBMEstimator", "LightGBMScalingConfig"]
 
 MODEL_FILE = LIGHTGBM.model_file
 PORT_RETRIES = 2
+
+#: The Python runtime, LightGBM's buffers and histograms: what a rank needs whatever its shard.
+BASE_BYTES = 64 * 2**20
+#: Per-row training state beside the binned data, for one class (LightGBM's float32
+#: gradient and hessian, float64 score, float32 label, int32 row indices and bagging
+#: buffers: ~32 bytes, rounded up); each further class adds 16 (gradient, hessian, score).
+PER_ROW_STATE_BYTES = 48
+PER_CLASS_ROW_BYTES = 16
+#: LightGBM's sample for the bin boundaries: per sampled value a float64 and an int32 index.
+SAMPLE_VALUE_BYTES = 12
+DEFAULT_SAMPLE_ROWS = 200_000  # LightGBM's bin_construct_sample_cnt
+#: Streaming: decoded batches a rank may hold at once (the one in hand, its matrix, and the
+#: reader's read-ahead: ``data.parquet.BATCH_READAHEAD`` of them at most).
+STREAM_BATCHES_HELD = 20
 
 
 class LightGBMEstimator(BoostingEstimator):
@@ -53,6 +75,9 @@ class LightGBMEstimator(BoostingEstimator):
     spec = LIGHTGBM
     forbidden_name_chars = '",:[]{}'
     metric_keys = ("metric", "metrics", "metric_types")
+    #: A shard over its memory budget builds its Dataset streamed (never whole); LightGBM
+    #: still holds the binned data, so the budget must cover that (``_shard_memory_bytes``).
+    can_stream = True
 
     def __init__(
         self,
@@ -69,6 +94,8 @@ class LightGBMEstimator(BoostingEstimator):
             scaling_config or LightGBMScalingConfig(),
             failure_config,
         )
+        #: Whether the last attempt's ranks built their Datasets streamed (None: no fit yet).
+        self._streamed: bool | None = None
 
     def _resolve(self) -> BoostingPlan:
         params = dict(self.params)
@@ -103,6 +130,45 @@ class LightGBMEstimator(BoostingEstimator):
             )
         params["num_threads"] = int(shape.cpus)
         return BoostingPlan(params, rounds, early, shape)
+
+    def _param(self, names, default):
+        for name in names:
+            if self.params.get(name) is not None:
+                return self.params[name]
+        return default
+
+    def _shard_memory_bytes(self, rows: int, num_features: int, streaming: bool) -> int:
+        """Bytes a rank needs for ``rows`` x ``num_features`` (training and eval rows).
+
+        What LightGBM keeps either way: its binned data, one byte a value for up to 255 bins
+        (two up to 65535; more with ``linear_tree``, which keeps the raw values as float32
+        too), the per-row training state (``PER_ROW_STATE_BYTES``, more per class) and,
+        while binning, the sample it finds bin boundaries from (up to
+        ``bin_construct_sample_cnt`` rows). In memory (below the budget), the shard's Arrow
+        table as well, as float32 (float64 columns are read as they are: twice that).
+        Streamed, instead of the table: a bounded number of batches
+        (``STREAM_BATCHES_HELD`` x ``boosting.STREAM_BATCH_BYTES``).
+        """
+        max_bin = int(self._param(("max_bin", "max_bins"), 255) or 255)
+        bin_bytes = 1 if max_bin <= 255 else 2 if max_bin <= 65535 else 4
+        if self._param(("linear_tree", "linear_trees"), False):
+            bin_bytes += 4
+        num_class = int(self._param(("num_class", "num_classes"), 1) or 1)
+        sample = min(
+            rows,
+            int(
+                self._param(("bin_construct_sample_cnt", "subsample_for_bin"), DEFAULT_SAMPLE_ROWS)
+            ),
+        )
+        need = (
+            BASE_BYTES
+            + rows * num_features * bin_bytes
+            + rows * (PER_ROW_STATE_BYTES + PER_CLASS_ROW_BYTES * max(0, num_class - 1))
+            + sample * num_features * SAMPLE_VALUE_BYTES
+        )
+        if streaming:
+            return need + STREAM_BATCHES_HELD * STREAM_BATCH_BYTES
+        return need + rows * 4 * (num_features + 1)
 
     def _label_rule(self, params):
         objective = str(params.get("objective", ""))
@@ -152,7 +218,16 @@ class LightGBMEstimator(BoostingEstimator):
                 job=job,
                 train=train_shards[r],
                 evals=eval_shards[r],
+                # every rank alike: streamed when the budget check says some rank must
+                streamed=job.external_memory,
             )
             for r in range(world)
         ]
-        return group.run(lightgbm_worker.train_rank, kwargs, on_progress, have_step=done)
+        results = group.run(lightgbm_worker.train_rank, kwargs, on_progress, have_step=done)
+        self._streamed = all(r.streamed for r in results)
+        if self._streamed:
+            emit(
+                "LightGBM built each rank's Dataset streamed (over the memory budget): "
+                "raw features read a batch at a time, only the binned data kept."
+            )
+        return results

@@ -2,24 +2,41 @@
 the estimator imports it only when it launches ranks).
 
 Phase 1 (``prepare_rank``): each rank reserves the port LightGBM will listen on and rank 0
-opens the metric hub. Phase 2 (``train_rank``): each rank builds its ``Dataset`` from its
-shard's Arrow table (LightGBM reads the Arrow columns in place: no numpy matrix) and trains
+opens the metric hub. Phase 2 (``train_rank``): each rank builds its ``Dataset`` and trains
 data-parallel; when the fit evaluates anything, per-round metric statistics are summed over
 ``runtime.collective`` so every rank sees the global metric. LightGBM is imported without
 scikit-learn in the workers (``worker_imports``).
+
+The Dataset is built streamed (``ShardSequence``, issue 18): LightGBM reads the shard as a
+``lightgbm.Sequence``, first the rows it samples for the bin boundaries, then every row in
+batches that are binned as they come, so the raw features are never held whole; what stays
+is LightGBM's binned copy (one byte a value up to 255 bins). The bin boundaries are found
+the way LightGBM's in-memory paths find them (the same sample indices, and with several
+ranks the network is up by then: each rank bins its share of the features from its own
+sample and all ranks exchange them), so every rank, and the eval set (``reference=``), bins
+alike. ``shard_table`` builds the Dataset from the whole shard as one Arrow table instead
+(the former path, kept for ``streamed=False``).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import socket
 import time
+from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import ray
 
 from shardtrain.data import numeric
-from shardtrain.modeling.distributors.boosting import BoostingJob, BoostingRankResult
+from shardtrain.errors import SchemaError
+from shardtrain.modeling.distributors.boosting import (
+    STREAM_BATCH_BYTES,
+    BoostingJob,
+    BoostingRankResult,
+)
 from shardtrain.modeling.distributors.worker_imports import import_framework
 from shardtrain.runtime import collective
 from shardtrain.runtime.events import RoundMetrics
@@ -49,6 +66,225 @@ _MEAN_METRICS = {
     "kullback_leibler",
 }
 _ROOT_MEAN_METRICS = {"rmse", "l2_root"}
+
+
+#: What LightGBM counts as zero when it samples (``lightgbm.basic.ZERO_THRESHOLD``).
+_ZERO_THRESHOLD = getattr(lightgbm.basic, "ZERO_THRESHOLD", 1e-35)
+
+
+def stream_batch_rows(num_features: int, itemsize: int = 8) -> int:
+    """Rows per streamed batch: ``STREAM_BATCH_BYTES`` of features, 4096 rows at least."""
+    return max(4096, STREAM_BATCH_BYTES // max(1, num_features * itemsize))
+
+
+def feature_dtype(connector, input_cols) -> np.dtype:
+    """float64 when a feature column is stored wider than float32 (float64, decimals), so the
+    values LightGBM bins are those of the in-memory Arrow path; float32 otherwise."""
+    wide = any(
+        pa.types.is_float64(connector.schema.field(c).type)
+        or pa.types.is_decimal(connector.schema.field(c).type)
+        for c in input_cols
+    )
+    return np.dtype(np.float64 if wide else np.float32)
+
+
+class ShardSequence(lightgbm.Sequence):
+    """A shard's features as a ``lightgbm.Sequence``, read forward in batches.
+
+    LightGBM asks a Sequence for rows in increasing order twice: single rows (the sample it
+    finds bin boundaries from), then consecutive slices of ``batch_size`` rows (binned and
+    pushed). Both are served from the one batch in hand; a request behind it starts a new
+    pass over the shard (``passes`` counts them), so at most one batch of features, as Arrow
+    and as a matrix, is held at a time.
+    """
+
+    def __init__(self, connector, input_cols, batch_rows: int | None = None) -> None:
+        self._connector = connector
+        self._input_cols = list(input_cols)
+        self._dtype = feature_dtype(connector, input_cols)
+        self.batch_size = batch_rows or stream_batch_rows(len(input_cols), self._dtype.itemsize)
+        self._rows = connector.num_rows
+        self._stream = None
+        self._start = 0  # first row of the batch in hand
+        self._matrix = np.empty((0, len(self._input_cols)), self._dtype)
+        self.passes = 0
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def column_batches(self):
+        """The features, batch by batch, as one numpy array per column, in a pass of their own."""
+        for features, _ in numeric.matrix_batches(
+            self._connector, self._input_cols, None, self.batch_size, arrow=True
+        ):
+            yield [column.to_numpy() for column in features.columns]
+
+    def batches(self):
+        """The features, batch by batch, as a row-major matrix, in a pass of their own."""
+        for columns in self.column_batches():
+            # filled column by column into a column-major buffer, then transposed in one
+            # blocked copy: 4x faster than writing the columns strided into a row-major one
+            by_column = np.empty((len(columns), len(columns[0]) if columns else 0), self._dtype)
+            for j, column in enumerate(columns):
+                by_column[j] = column
+            yield np.ascontiguousarray(by_column.T)
+
+    def _seek(self, row: int) -> None:
+        """Make the batch in hand the one holding ``row``."""
+        if row < self._start or self._stream is None:
+            self._stream = self.batches()
+            self._start, self._matrix = 0, self._matrix[:0]
+            self.passes += 1
+        while row >= self._start + len(self._matrix):
+            self._start += len(self._matrix)
+            self._matrix = next(self._stream, None)
+            if self._matrix is None:
+                raise SchemaError(
+                    f"the shard yielded {self._start} rows where its source reported "
+                    f"{self._rows}; was the data changed while training read it?",
+                    column=None,
+                )
+
+    def __getitem__(self, idx):
+        if isinstance(idx, numbers.Integral):
+            if not 0 <= idx < self._rows:
+                raise IndexError(idx)
+            self._seek(int(idx))
+            # LightGBM samples bin boundaries from float64 rows (a fresh copy: the batch in
+            # hand is not kept alive by the sample)
+            return self._matrix[idx - self._start].astype(np.float64)
+        if isinstance(idx, slice):
+            start, stop, step = idx.indices(self._rows)
+            if step != 1:
+                raise IndexError("a ShardSequence reads consecutive rows only")
+            parts = []
+            while start < stop:
+                self._seek(start)
+                end = min(stop, self._start + len(self._matrix))
+                parts.append(self._matrix[start - self._start : end - self._start])
+                start = end
+            if not parts:
+                return self._matrix[:0]
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        raise TypeError(f"ShardSequence index must be an int or a slice, got {type(idx).__name__}")
+
+    def close(self) -> None:
+        """Drop the batch in hand and the open pass."""
+        self._stream, self._start = None, 0
+        self._matrix = self._matrix[:0].copy()
+
+
+class StreamedDataset(lightgbm.Dataset):
+    """A ``lightgbm.Dataset`` over a ``ShardSequence``, with two of LightGBM's steps done
+    batch by batch (both override private methods of ``lightgbm.Dataset`` 4.x; should a
+    later LightGBM rename them, the first falls back to LightGBM's own row-at-a-time
+    sampling, slower but the same sample, and the second is caught by the resume tests):
+
+    - the sample for the bin boundaries: LightGBM's Sequence path asks for its sampled rows
+      one ``seq[i]`` at a time (~4 s for its 200,000 rows); here the same rows (the same
+      indices, from ``_create_sample_indices``) are taken from each batch at once;
+    - resuming from a checkpoint (``init_model``), LightGBM scores the rows with the model so
+      far by predicting on the Dataset's data as one matrix; over a Sequence that would read
+      the shard whole, so the scores are predicted batch by batch instead (one more pass).
+    """
+
+    def _Dataset__sample(self, *, seqs, total_nrow):
+        if len(seqs) != 1 or not isinstance(seqs[0], ShardSequence):
+            return super()._Dataset__sample(seqs=seqs, total_nrow=total_nrow)
+        indices = self._create_sample_indices(total_nrow=total_nrow)
+        num_columns = len(seqs[0]._input_cols)
+        parts: list[list[np.ndarray]] = [[] for _ in range(num_columns)]
+        start = 0
+        for columns in seqs[0].column_batches():
+            rows = len(columns[0]) if columns else 0
+            lo, hi = np.searchsorted(indices, [start, start + rows])
+            taken = indices[lo:hi] - start
+            for j, column in enumerate(columns):
+                parts[j].append(column[taken])
+            start += rows
+            if hi == len(indices):
+                break
+        # as LightGBM's own sampling: per column, the non-zero values (float64) and their
+        # rows in the sample; each column's pieces are dropped as soon as it is done
+        positions = np.arange(len(indices), dtype=np.int32)
+        values, where = [], []
+        for j in range(num_columns):
+            column = np.concatenate(parts[j]).astype(np.float64) if parts[j] else np.empty(0)
+            parts[j] = []
+            keep = (np.abs(column) > _ZERO_THRESHOLD) | np.isnan(column)
+            values.append(column[keep])
+            where.append(positions[keep])
+        return values, where
+
+    def _set_init_score_by_predictor(self, predictor, data, used_indices):
+        if predictor is None or not isinstance(data, ShardSequence) or used_indices is not None:
+            return super()._set_init_score_by_predictor(
+                predictor=predictor, data=data, used_indices=used_indices
+            )
+        parts = [predictor.predict(batch, raw_score=True) for batch in data.batches()]
+        scores = np.concatenate(parts) if parts else np.empty((0,), np.float64)
+        # several classes: LightGBM's init scores are class-major (all rows of class 0, ...)
+        self.set_init_score(scores.ravel(order="F") if scores.ndim > 1 else scores)
+        return self
+
+
+def shard_labels(connector, job: BoostingJob) -> np.ndarray:
+    """The shard's label column alone (one narrow pass), checked against the objective."""
+    objective = str(job.params.get("objective", ""))
+    labels = [
+        y
+        for _, y in numeric.matrix_batches(
+            connector, [], job.label_col, label_rule=job.label_rule, objective=objective, arrow=True
+        )
+    ]
+    return np.concatenate(labels) if labels else np.empty((0,), np.float32)
+
+
+def shard_datasets(train, evals, job: BoostingJob, *, streamed: bool = True, batch_rows=None):
+    """The rank's training Dataset and eval Dataset (or None), not yet constructed:
+    LightGBM bins them inside ``train``, once its network is up (bins agree across ranks).
+
+    ``streamed``: from ``ShardSequence`` batches (raw features never whole); otherwise from
+    the whole shard as one Arrow table, dropped once binned (``free_raw_data``).
+    """
+    if streamed:
+        dtrain = StreamedDataset(
+            ShardSequence(train, job.input_cols, batch_rows),
+            label=shard_labels(train, job),
+            feature_name=job.input_cols,
+            free_raw_data=True,
+        )
+        deval = None
+        if evals is not None:
+            deval = StreamedDataset(
+                ShardSequence(evals, job.input_cols, batch_rows),
+                label=shard_labels(evals, job),
+                reference=dtrain,
+                free_raw_data=True,
+            )
+        return dtrain, deval
+    objective = str(job.params.get("objective", ""))
+    # The Dataset holds the only reference to the shard's table, and drops it once built
+    # (free_raw_data): the rank holds no second copy of its features while binning.
+    dtrain = lightgbm.Dataset(
+        *numeric.shard_table(train, job.input_cols, job.label_col, job.label_rule, objective),
+        feature_name=job.input_cols,
+        free_raw_data=True,
+    )
+    deval = None
+    if evals is not None:
+        deval = lightgbm.Dataset(
+            *numeric.shard_table(evals, job.input_cols, job.label_col, job.label_rule, objective),
+            reference=dtrain,
+        )
+    return dtrain, deval
+
+
+@dataclass(frozen=True)
+class LightGBMRankResult(BoostingRankResult):
+    """A LightGBM rank's outcome: also whether its Datasets were built streamed."""
+
+    streamed: bool = False
 
 
 _HUBS: dict[str, socket.socket] = {}
@@ -144,8 +380,9 @@ def train_rank(
     job: BoostingJob,
     train,
     evals,
+    streamed: bool = True,
 ) -> BoostingRankResult:
-    """One rank of a fit (runs inside a Ray actor)."""
+    """One rank of a fit (runs inside a Ray actor); ``streamed``: see ``shard_datasets``."""
     params = dict(job.params)
     if world_size > 1:
         params.update(
@@ -158,25 +395,12 @@ def train_rank(
     allreduce = collective.StarAllreduce(rank, world_size, hub, _HUBS.pop(token, None))
     try:
         started = time.perf_counter()
-        objective = str(params.get("objective", ""))
-        # The Dataset holds the only reference to the shard's table, and drops it once built
-        # (free_raw_data): the rank holds no second copy of its features while binning.
-        dtrain = lightgbm.Dataset(
-            *numeric.shard_table(train, job.input_cols, job.label_col, job.label_rule, objective),
-            feature_name=job.input_cols,
-            free_raw_data=True,
-        )
+        dtrain, deval = shard_datasets(train, evals, job, streamed=streamed)
         # The training set is a valid set only when the fit wants its metric (see
         # boosting.wants_train_metric): otherwise LightGBM skips evaluating it each round.
         valid_sets, names = ([dtrain], ["train"]) if job.evaluate_train else ([], [])
         rows = {"train": len(dtrain.get_label())}
-        if evals is not None:
-            deval = lightgbm.Dataset(
-                *numeric.shard_table(
-                    evals, job.input_cols, job.label_col, job.label_rule, objective
-                ),
-                reference=dtrain,
-            )
+        if deval is not None:
             valid_sets.append(deval)
             names.append("eval")
             rows["eval"] = len(deval.get_label())
@@ -207,11 +431,13 @@ def train_rank(
     finally:
         _release_port(token)
         allreduce.close()
-    # LightGBM bins lazily: "data" is reading the shard, "training" includes binning.
-    return BoostingRankResult(
+    # LightGBM bins lazily: "data" is reading the shard (streamed: its labels only),
+    # "training" includes binning.
+    return LightGBMRankResult(
         rows=rows["train"],
         best_iteration=booster.best_iteration,
         data_seconds=loaded - started,
         training_seconds=time.perf_counter() - loaded,
         model=booster.model_to_string().encode() if rank == 0 else None,
+        streamed=streamed,
     )

@@ -29,7 +29,9 @@ HIDDEN = "sklearn"
 def in_ray_worker() -> bool:
     """Whether this process is a Ray worker (an actor or task process), not a driver."""
     ray = sys.modules.get("ray")
-    if ray is None:
+    # A worker process is always connected; asking a process that is not for its runtime
+    # context would start a local Ray in it.
+    if ray is None or not ray.is_initialized():
         return False
     try:
         return ray.get_runtime_context().worker.mode == ray.WORKER_MODE

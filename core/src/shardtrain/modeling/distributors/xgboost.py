@@ -22,6 +22,7 @@ from shardtrain.modeling.distributors.boosting import (
     BoostingEstimator,
     BoostingPlan,
     check_thread_params,
+    extmem_batch_rows,
     pop_rounds,
 )
 from shardtrain.runtime.resources import cluster_shape, resolve_gbdt_shape
@@ -29,6 +30,14 @@ from shardtrain.runtime.resources import cluster_shape, resolve_gbdt_shape
 __all__ = ["MODEL_FILE", "XGBEstimator", "XGBScalingConfig"]
 
 MODEL_FILE = XGBOOST.model_file
+
+#: External memory: what stays in memory a row, ``EXTMEM_PER_ROW_BYTES`` plus
+#: ``EXTMEM_PER_VALUE_BYTES`` a feature (gradients, predictions, labels and row partitions,
+#: and what XGBoost 3.2 holds while it builds the pages, which grows with the features).
+#: Measured peak growth a row (bench/memory_scaling.py, docs/large_data.md): ~66 bytes at 32
+#: features on Ray workers, ~640 bytes at 256 features in a bare process.
+EXTMEM_PER_ROW_BYTES = 32
+EXTMEM_PER_VALUE_BYTES = 2.5
 
 
 class XGBEstimator(BoostingEstimator):
@@ -53,6 +62,8 @@ class XGBEstimator(BoostingEstimator):
     spec = XGBOOST
     forbidden_name_chars = "[]<"
     metric_keys = ("eval_metric",)
+    #: A shard over its memory budget trains from external memory (``ExtMemQuantileDMatrix``).
+    can_stream = True
 
     def __init__(
         self,
@@ -95,6 +106,25 @@ class XGBEstimator(BoostingEstimator):
             params["device"] = "cuda"
         params["nthread"] = int(shape.cpus)
         return BoostingPlan(params, rounds, early, shape)
+
+    def _shard_memory_bytes(self, rows: int, num_features: int, streaming: bool) -> int:
+        """In memory: as every boosting rank (``BoostingEstimator``). Streamed (external
+        memory): the per-row state (``EXTMEM_PER_ROW_BYTES``) and two
+        batches in flight (the one read and XGBoost's copy of it); the binned pages are on
+        disk and read one at a time (measured: docs/large_data.md). Both add the histograms
+        of one tree level (16 bytes a bin, feature and node of ``max_depth``), which grow with
+        features and depth, not rows."""
+        depth = min(int(self.params.get("max_depth", 6) or 6), 12)
+        bins = int(self.params.get("max_bin", 256) or 256)
+        histograms = 16 * num_features * bins * 2**depth
+        if not streaming:
+            return histograms + super()._shard_memory_bytes(rows, num_features, streaming)
+        batch = extmem_batch_rows(rows, num_features)
+        return (
+            histograms
+            + 2 * min(batch, rows) * 4 * (num_features + 1)
+            + int(rows * (EXTMEM_PER_ROW_BYTES + EXTMEM_PER_VALUE_BYTES * num_features))
+        )
 
     def _label_rule(self, params):
         objective = str(params.get("objective", ""))

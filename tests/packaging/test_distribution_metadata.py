@@ -18,7 +18,7 @@ DISTRIBUTIONS = {  # folder -> (distribution, import name)
     "airflow_provider": ("airflow-provider-shardtrain", "shardtrain_airflow"),
     "prefect_collection": ("prefect-shardtrain", "prefect_shardtrain"),
 }
-EXTRAS = {"xgboost", "xgboost-cpu", "lightgbm", "torch", "snowflake", "mlflow", "all"}
+EXTRAS = {"xgboost", "xgboost-cpu", "lightgbm", "torch", "snowflake", "mlflow", "tune", "all"}
 #: Extras only one wrapper has (its orchestrator's own integrations).
 WRAPPER_EXTRAS = {"airflow_provider": {"openlineage"}}
 VERSION = (REPO / "VERSION").read_text().strip()

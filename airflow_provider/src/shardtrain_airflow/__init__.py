@@ -35,6 +35,8 @@ def get_provider_info() -> dict:
                 "python-modules": [
                     "shardtrain_airflow.operators.train",
                     "shardtrain_airflow.operators.registry",
+                    "shardtrain_airflow.operators.many_model",
+                    "shardtrain_airflow.operators.tune",
                 ],
             },
         ],

@@ -1,6 +1,8 @@
-"""The provider's operators: training (``train``) and model registration (``registry``)."""
+"""The provider's operators: training (``train``, ``many_model``), tuning (``tune``) and model
+registration (``registry``)."""
 
 from shardtrain_airflow.links import ModelLocationLink
+from shardtrain_airflow.operators.many_model import ManyModelTrainOperator
 from shardtrain_airflow.operators.registry import RegisterModelOperator
 from shardtrain_airflow.operators.train import (
     BoostingTrainOperator,
@@ -9,13 +11,16 @@ from shardtrain_airflow.operators.train import (
     TrainOperator,
     XGBoostTrainOperator,
 )
+from shardtrain_airflow.operators.tune import TuneOperator
 
 __all__ = [
     "BoostingTrainOperator",
     "LightGBMTrainOperator",
+    "ManyModelTrainOperator",
     "ModelLocationLink",
     "PyTorchTrainOperator",
     "RegisterModelOperator",
     "TrainOperator",
+    "TuneOperator",
     "XGBoostTrainOperator",
 ]

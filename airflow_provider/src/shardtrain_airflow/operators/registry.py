@@ -20,7 +20,9 @@ class RegisterModelOperator(BaseOperator):
     tracking URI, or ``"snowflake"`` (with ``snowflake_conn_id``). ``module`` is the
     ``torch.nn.Module`` for a PyTorch state dict: a class or factory, or its dotted path. A
     retried task (same artifact) returns the version it already registered. The XCom is the
-    ``RegisteredModel`` as a dict.
+    ``RegisteredModel`` as a dict. Given a many-model run manifest (``ManyModelTrainOperator``'s
+    XCom), it registers every trained partition's model, tagged ``shardtrain.partition``, and
+    the XCom is partition id -> ``RegisteredModel`` dict.
     """
 
     template_fields: Sequence[str] = ("model", "name", "registry", "version", "tags")
@@ -51,6 +53,25 @@ class RegisterModelOperator(BaseOperator):
 
         # MLflow's registry events at info in the task log, not at error
         libraries = () if self.registry == "snowflake" else ("mlflow",)
+        from shardtrain.modeling.distributors.many_model import (
+            is_run_manifest,
+            register_partitions,
+        )
+
+        if is_run_manifest(self.model):
+            with optional_session(self.snowflake_conn_id) as session, library_logs(*libraries):
+                by_partition = register_partitions(
+                    self.model,
+                    name=self.name,
+                    registry=self.registry,
+                    version=self.version,
+                    metrics=self.metrics,
+                    tags=self.tags,
+                    session=session,
+                    storage_options=self.storage_options,
+                )
+            self.log.info("registered %d partition models as %s", len(by_partition), self.name)
+            return by_partition
         with optional_session(self.snowflake_conn_id) as session, library_logs(*libraries):
             registered = register_model(
                 self.model,

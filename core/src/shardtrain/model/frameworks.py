@@ -29,6 +29,7 @@ OPTIONAL: dict[str, tuple[str, str]] = {
     "torch": ("torch", "torch"),
     "mlflow": ("mlflow", "mlflow"),
     "snowflake.snowpark": ("snowflake-snowpark-python", "snowflake"),
+    "optuna": ("optuna", "tune"),  # the Tuner's model-based search (BayesOpt)
 }
 
 
@@ -218,6 +219,32 @@ PYTORCH = FrameworkSpec(
 )
 
 
+# -- Custom ---------------------------------------------------------------------------------------
+
+
+def _custom_load_file(path: Path):
+    raise ConfigError(
+        f"{path.name} was written by a custom model serde (many-model training's ModelSerde or "
+        "PickleSerde): load it with that serde, e.g. ManyModelRun.restore_from(run_id, stage, "
+        "serde=...).get_model(partition_id).",
+        path=str(path),
+    )
+
+
+#: Models written by a user's serde (``many_model.ModelSerde``, ``PickleSerde``): published and
+#: checked like any model, loaded only through that serde; not a training framework, so it is
+#: not among ``FRAMEWORKS``.
+CUSTOM = FrameworkSpec(
+    name="custom",
+    module="shardtrain",
+    model_files=(),
+    suffixes=(),
+    load_file=_custom_load_file,
+    mlflow_flavour="mlflow.pyfunc",
+    tabular=False,
+)
+
+
 SPECS: dict[str, FrameworkSpec] = {s.name: s for s in (XGBOOST, LIGHTGBM, PYTORCH)}
 #: The framework names an artifact may carry.
 FRAMEWORKS: tuple[str, ...] = tuple(SPECS)
@@ -228,7 +255,7 @@ MODEL_SUFFIXES: tuple[str, ...] = tuple(x for s in SPECS.values() for x in s.suf
 def spec(name: str) -> FrameworkSpec:
     """The spec of a framework by name; ``ConfigError`` for an unknown one."""
     try:
-        return SPECS[name]
+        return CUSTOM if name == CUSTOM.name else SPECS[name]
     except (KeyError, TypeError):
         raise ConfigError(
             f"framework must be one of {FRAMEWORKS}, got {name!r}.", framework=name

@@ -26,10 +26,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
+import importlib.metadata
 import logging
 import os
 import platform
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +47,7 @@ from shardtrain.model.manifest import (
     write_manifest,
 )
 from shardtrain.stage import open_stage
-from shardtrain.stage.base import Stage, join, local_files
+from shardtrain.stage.base import Stage, join, local_files, normalize_path
 from shardtrain.version import __version__
 
 logger = logging.getLogger("shardtrain")
@@ -54,14 +56,36 @@ __all__ = ["MANIFEST", "MANIFEST_FORMAT", "library_versions", "publish_model", "
 
 
 def library_versions(framework: str) -> dict[str, str]:
-    """Versions of what trained a model (the framework's module, Arrow, Python, shardtrain)."""
+    """Versions of what trained a model (the framework's module, Arrow, Python, shardtrain).
+
+    Read from the module when it is already imported, else from the installed package's
+    metadata: importing xgboost (with scikit-learn) only to read its version costs seconds,
+    and many-model training publishes on a driver that never trains.
+    """
     versions = {"shardtrain": __version__, "python": platform.python_version()}
     for name in ("pyarrow", spec(framework).module):
-        try:
-            versions[name] = importlib.import_module(name).__version__
-        except ImportError:
-            pass
+        module = sys.modules.get(name)
+        version = getattr(module, "__version__", None) if module is not None else None
+        version = version or _installed_version(name)
+        if version is not None:
+            versions[name] = str(version)
     return versions
+
+
+@functools.cache
+def _installed_version(module: str) -> str | None:
+    """The installed version of the distribution named ``module``, or of one named
+    ``<module>-<variant>`` (xgboost comes as ``xgboost-cpu`` too); None when there is none.
+    Only distribution names are read (``packages_distributions`` reads every RECORD: seconds)."""
+    try:
+        return importlib.metadata.version(module)
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        pass
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name.startswith(f"{module}-"):
+            return dist.version
+    return None
 
 
 def publish_model(
@@ -74,6 +98,7 @@ def publish_model(
     session: Any = None,
     storage_options: dict[str, Any] | None = None,
     curves_file: str | None = None,
+    folder: str | None = None,
     **metadata: Any,
 ) -> ModelArtifact:
     """Publish the files of ``local_dir`` as a model; returns its ``ModelArtifact``.
@@ -87,6 +112,8 @@ def publish_model(
         model_file: the file ``load_model`` loads (relative to ``local_dir``).
         curves_file: the training-curve image among the files (``model.curves``): the
             artifact's and manifest's ``curves`` is its URI.
+        folder: the model's folder on the stage (default ``model/<request_id>``); many-model
+            training publishes each partition under ``model/<run_id>/<partition>``.
         metadata: further ``ModelArtifact`` fields (metrics, params, input_cols, ...).
     """
     spec(framework)  # an unknown framework is refused before anything is uploaded
@@ -109,7 +136,10 @@ def publish_model(
                 **{name: value},
             )
     versions = {**library_versions(framework), **metadata.pop("versions", {})}
-    base = join("model", request_id)
+    try:
+        base = normalize_path(folder) if folder is not None else join("model", request_id)
+    except StageError as exc:
+        raise ConfigError(exc.message, folder=folder) from None
     attempt = _attempt_name()
     prefix = join(base, attempt)
     artifact = ModelArtifact(

@@ -76,15 +76,19 @@ def library_versions(framework: str) -> dict[str, str]:
 def _installed_version(module: str) -> str | None:
     """The installed version of the distribution named ``module``, or of one named
     ``<module>-<variant>`` (xgboost comes as ``xgboost-cpu`` too); None when there is none.
-    Only distribution names are read (``packages_distributions`` reads every RECORD: seconds)."""
+    Variants are found by their ``.dist-info`` folder name: parsing every installed package's
+    metadata (``distributions()``, ``packages_distributions()``) costs seconds."""
     try:
         return importlib.metadata.version(module)
     except (importlib.metadata.PackageNotFoundError, ValueError):
         pass
-    for dist in importlib.metadata.distributions():
-        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
-        if name.startswith(f"{module}-"):
-            return dist.version
+    for entry in sys.path:
+        try:
+            found = sorted(Path(entry or ".").glob(f"{module}_*-*.dist-info"))
+        except OSError:
+            continue
+        for info in found:
+            return info.name[: -len(".dist-info")].split("-", 1)[1]
     return None
 
 

@@ -25,19 +25,17 @@ from shardtrain.modeling.distributors.boosting import (
     extmem_batch_rows,
     pop_rounds,
 )
+from shardtrain.runtime.memory import quantile_sketch_bytes
 from shardtrain.runtime.resources import cluster_shape, resolve_gbdt_shape
 
 __all__ = ["MODEL_FILE", "XGBEstimator", "XGBScalingConfig"]
 
 MODEL_FILE = XGBOOST.model_file
 
-#: External memory: what stays in memory a row, ``EXTMEM_PER_ROW_BYTES`` plus
-#: ``EXTMEM_PER_VALUE_BYTES`` a feature (gradients, predictions, labels and row partitions,
-#: and what XGBoost 3.2 holds while it builds the pages, which grows with the features).
-#: Measured peak growth a row (bench/memory_scaling.py, docs/large_data.md): ~66 bytes at 32
-#: features on Ray workers, ~640 bytes at 256 features in a bare process.
+#: External memory: the per-row state that stays in memory while training (gradients,
+#: predictions, labels and row partitions). Measured peak growth a row at 32 features on Ray
+#: workers: ~66 bytes (bench/memory_scaling.py, docs/large_data.md).
 EXTMEM_PER_ROW_BYTES = 32
-EXTMEM_PER_VALUE_BYTES = 2.5
 
 
 class XGBEstimator(BoostingEstimator):
@@ -108,23 +106,26 @@ class XGBEstimator(BoostingEstimator):
         return BoostingPlan(params, rounds, early, shape)
 
     def _shard_memory_bytes(self, rows: int, num_features: int, streaming: bool) -> int:
-        """In memory: as every boosting rank (``BoostingEstimator``). Streamed (external
-        memory): the per-row state (``EXTMEM_PER_ROW_BYTES``) and two
-        batches in flight (the one read and XGBoost's copy of it); the binned pages are on
-        disk and read one at a time (measured: docs/large_data.md). Both add the histograms
-        of one tree level (16 bytes a bin, feature and node of ``max_depth``), which grow with
-        features and depth, not rows."""
+        """The larger of what a rank holds while it builds its matrix and while it trains.
+
+        Building: XGBoost's quantile sketch (``runtime.memory.quantile_sketch_bytes``: grows
+        with features and ``max_bin``, only with the log of the rows; freed before training)
+        and the data in flight: in memory the float32 copy of the shard, streamed two batches
+        (the one read and XGBoost's copy). Training: the histograms of one tree level (16
+        bytes a bin, feature and node of ``max_depth``) and, in memory, the binned matrix and
+        per-row state (``BoostingEstimator``), streamed only the per-row state
+        (``EXTMEM_PER_ROW_BYTES``; the binned pages are on disk, read one at a time).
+        Measured: docs/large_data.md."""
         depth = min(int(self.params.get("max_depth", 6) or 6), 12)
         bins = int(self.params.get("max_bin", 256) or 256)
         histograms = 16 * num_features * bins * 2**depth
+        sketch = quantile_sketch_bytes(rows, num_features, bins)
         if not streaming:
-            return histograms + super()._shard_memory_bytes(rows, num_features, streaming)
-        batch = extmem_batch_rows(rows, num_features)
-        return (
-            histograms
-            + 2 * min(batch, rows) * 4 * (num_features + 1)
-            + int(rows * (EXTMEM_PER_ROW_BYTES + EXTMEM_PER_VALUE_BYTES * num_features))
-        )
+            return max(sketch, histograms) + super()._shard_memory_bytes(
+                rows, num_features, streaming
+            )
+        batches = 2 * min(extmem_batch_rows(rows, num_features), rows) * 4 * (num_features + 1)
+        return max(sketch + batches, histograms + rows * EXTMEM_PER_ROW_BYTES)
 
     def _label_rule(self, params):
         objective = str(params.get("objective", ""))

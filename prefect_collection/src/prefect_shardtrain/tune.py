@@ -22,24 +22,7 @@ from prefect_shardtrain.tasks import forwarded_logs, publish_artifacts, request_
 from shardtrain import ModelArtifact
 from shardtrain.integrations import DataSpec, connector_from_spec, resolve_callable
 from shardtrain.modeling.tune import Tuner, TunerConfig
-from shardtrain.modeling.tune.search import BayesOpt, GridSearch, RandomSearch, SearchAlgorithm
-
-SEARCH_ALGS = {"random": RandomSearch, "grid": GridSearch, "bayesopt": BayesOpt}
-
-
-def _search_alg(value: Any) -> SearchAlgorithm:
-    if value is None:
-        return RandomSearch()
-    if isinstance(value, SearchAlgorithm):
-        return value
-    if isinstance(value, str) and value.lower() in SEARCH_ALGS:
-        return SEARCH_ALGS[value.lower()]()
-    from shardtrain.errors import ConfigError
-
-    raise ConfigError(
-        f"search_alg must be one of {sorted(SEARCH_ALGS)} or a RandomSearch / GridSearch / "
-        f"BayesOpt object, got {value!r}."
-    )
+from shardtrain.modeling.tune.search import search_algorithm
 
 
 def _reads_snowflake(dataset_map: dict[str, Any]) -> bool:
@@ -80,7 +63,7 @@ def tune_hyperparameters(
         TunerConfig(
             metric=metric,
             mode=mode,
-            search_alg=_search_alg(search_alg),
+            search_alg=search_algorithm(search_alg),
             num_trials=num_trials,
             max_concurrent_trials=max_concurrent_trials,
             resource_per_trial=resource_per_trial,

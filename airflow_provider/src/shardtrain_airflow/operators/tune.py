@@ -18,28 +18,11 @@ from airflow.sdk import BaseOperator
 from shardtrain.errors import ConfigError
 from shardtrain.integrations import DataSpec, connector_from_spec, resolve_callable
 from shardtrain.modeling.tune import Tuner, TunerConfig
-from shardtrain.modeling.tune.search import BayesOpt, GridSearch, RandomSearch, SearchAlgorithm
+from shardtrain.modeling.tune.search import search_algorithm
 from shardtrain_airflow.hooks.ray import RayHook
 from shardtrain_airflow.hooks.snowpark import optional_session
 from shardtrain_airflow.library_logs import library_logs
 from shardtrain_airflow.operators.train import request_id_for
-
-#: ``search_alg`` by name, for DAGs that keep arguments plain.
-SEARCH_ALGS = {"random": RandomSearch, "grid": GridSearch, "bayesopt": BayesOpt}
-
-
-def search_algorithm(value: Any) -> SearchAlgorithm:
-    """A ``SearchAlgorithm``, or one by name ('random', 'grid', 'bayesopt')."""
-    if value is None:
-        return RandomSearch()
-    if isinstance(value, SearchAlgorithm):
-        return value
-    if isinstance(value, str) and value.lower() in SEARCH_ALGS:
-        return SEARCH_ALGS[value.lower()]()
-    raise ConfigError(
-        f"search_alg must be one of {sorted(SEARCH_ALGS)} or a RandomSearch / GridSearch / "
-        f"BayesOpt object, got {value!r}."
-    )
 
 
 class TuneOperator(BaseOperator):

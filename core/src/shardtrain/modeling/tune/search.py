@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from shardtrain.errors import SearchSpaceError
+from shardtrain.errors import ConfigError, SearchSpaceError
 from shardtrain.model.frameworks import require_module
 from shardtrain.modeling.tune.search_space import (
     choice,
@@ -152,3 +152,26 @@ __all__ = [
     "randint",
     "uniform",
 ]
+
+
+#: ``search_alg`` by name, for callers that keep arguments plain (DAGs, flow parameters).
+SEARCH_ALGS: dict[str, type[SearchAlgorithm]] = {
+    "random": RandomSearch,
+    "grid": GridSearch,
+    "bayesopt": BayesOpt,
+}
+
+
+def search_algorithm(value: Any) -> SearchAlgorithm:
+    """A ``SearchAlgorithm``, or one by name ('random', 'grid', 'bayesopt'); None: random."""
+    if value is None:
+        return RandomSearch()
+    if isinstance(value, SearchAlgorithm):
+        return value
+    if isinstance(value, str) and value.lower() in SEARCH_ALGS:
+        return SEARCH_ALGS[value.lower()]()
+    raise ConfigError(
+        f"search_alg must be one of {sorted(SEARCH_ALGS)} or a RandomSearch / GridSearch / "
+        f"BayesOpt object, got {value!r}.",
+        field="search_alg",
+    )

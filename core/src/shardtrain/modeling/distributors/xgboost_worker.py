@@ -27,6 +27,7 @@ import re
 import shutil
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 from shardtrain import env
@@ -237,7 +238,13 @@ def train_rank(
     cache = extmem_cache(job.extmem_dir, rank) if job.external_memory else contextlib.nullcontext()
     with communicator, cache as folder:
         # the matrices live in _train_rank's frame: freed before the folder is removed
-        return _train_rank(reporter, rank, job, train, evals, callbacks, folder)
+        try:
+            return _train_rank(reporter, rank, job, train, evals, callbacks, folder)
+        except BaseException as exc:
+            # ... also on a failure, whose traceback would keep that frame (and the matrices)
+            # alive while the folder is removed: XGBoost then warns it cannot remove its pages
+            traceback.clear_frames(exc.__traceback__)
+            raise
 
 
 def _train_rank(reporter, rank, job, train, evals, callbacks, folder) -> BoostingRankResult:

@@ -58,32 +58,25 @@ class RegisterModelOperator(BaseOperator):
             register_partitions,
         )
 
-        if is_run_manifest(self.model):
-            with optional_session(self.snowflake_conn_id) as session, library_logs(*libraries):
-                by_partition = register_partitions(
-                    self.model,
-                    name=self.name,
-                    registry=self.registry,
-                    version=self.version,
-                    metrics=self.metrics,
-                    tags=self.tags,
-                    session=session,
-                    storage_options=self.storage_options,
+        many = is_run_manifest(self.model)  # a many-model run: every partition's model
+        entry = dict(
+            name=self.name,
+            registry=self.registry,
+            version=self.version,
+            metrics=self.metrics,
+            tags=self.tags,
+            storage_options=self.storage_options,
+        )
+        with optional_session(self.snowflake_conn_id) as session, library_logs(*libraries):
+            if many:
+                by_partition = register_partitions(self.model, session=session, **entry)
+            else:
+                registered = register_model(
+                    self.model, session=session, module=resolve_module(self.module), **entry
                 )
+        if many:
             self.log.info("registered %d partition models as %s", len(by_partition), self.name)
             return by_partition
-        with optional_session(self.snowflake_conn_id) as session, library_logs(*libraries):
-            registered = register_model(
-                self.model,
-                name=self.name,
-                registry=self.registry,
-                version=self.version,
-                metrics=self.metrics,
-                tags=self.tags,
-                session=session,
-                storage_options=self.storage_options,
-                module=resolve_module(self.module),
-            )
         self.log.info(
             "registered model: %s version %s (%s) from %s",
             registered.name,

@@ -20,6 +20,7 @@ from prefect_shardtrain.blocks import ModelStage, RayCluster
 from prefect_shardtrain.library_logs import library_logs
 from prefect_shardtrain.tasks import forwarded_logs, request_id
 from shardtrain.integrations import resolve_callable
+from shardtrain.model.registry import registry_libraries
 from shardtrain.modeling.distributors.many_model import register_partitions
 from shardtrain.modeling.distributors.many_model import train_many_models as run_many_models
 
@@ -93,7 +94,7 @@ def register_many_models(
     """Register every trained partition's model (from ``train_many_models``' manifest)
     as a version of ``name`` tagged ``shardtrain.partition``; partition -> RegisteredModel dict."""
     stage = stage or ModelStage()
-    libraries = () if registry == "snowflake" else ("mlflow",)
+    libraries = registry_libraries(registry)
     with stage.open_session() as session, library_logs(*libraries):
         registered = register_partitions(
             manifest,

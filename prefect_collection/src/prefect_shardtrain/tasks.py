@@ -39,7 +39,7 @@ from shardtrain.integrations import (
     run_training,
 )
 from shardtrain.jobs import submit
-from shardtrain.model.registry import RegisteredModel
+from shardtrain.model.registry import RegisteredModel, registry_libraries
 from shardtrain.model.registry import register_model as register
 from shardtrain.runtime.dashboard import dashboard_url
 
@@ -427,7 +427,7 @@ def register_model(
     factory, or its dotted path.
     """
     stage = stage or ModelStage()
-    libraries = () if registry == "snowflake" else ("mlflow",)  # its events in the run's log
+    libraries = registry_libraries(registry)  # its events in the run's log
     with stage.open_session() as session, library_logs(*libraries):
         registered = register(
             artifact,

@@ -49,10 +49,10 @@ class RegisterModelOperator(BaseOperator):
         self.storage_options = storage_options
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from shardtrain.model.registry import register_model
+        from shardtrain.model.registry import register_model, registry_libraries
 
         # MLflow's registry events at info in the task log, not at error
-        libraries = () if self.registry == "snowflake" else ("mlflow",)
+        libraries = registry_libraries(self.registry)
         from shardtrain.modeling.distributors.many_model import (
             is_run_manifest,
             register_partitions,

@@ -57,6 +57,12 @@ def default_mlflow_uri() -> str:
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
+def registry_libraries(registry: str | None) -> tuple[str, ...]:
+    """The libraries whose log lines a registration in ``registry`` emits (MLflow's for an
+    MLflow registry, none for Snowflake's): what an orchestrator routes to its task log."""
+    return () if registry == "snowflake" else ("mlflow",)
+
+
 def register_model(
     artifact_or_uri: ModelArtifact | dict | str,
     *,

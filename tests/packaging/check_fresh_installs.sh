@@ -7,13 +7,13 @@
 #
 # Too slow for the test suite (minutes per venv): run by hand,
 #   bash tests/packaging/check_fresh_installs.sh [WORKDIR] [STEP...]
-# STEP: build core provider collection floor (default: all). Each step prints its time.
+# STEP: build core tune provider collection floor (default: all). Each step prints its time.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
 WORK="${1:-/tmp/shardtrain-fresh}"
 shift || true
-STEPS="${*:-build core provider collection floor}"
+STEPS="${*:-build core tune provider collection floor}"
 PYTHON="${PYTHON:-python3}"
 DIST="$WORK/dist"
 mkdir -p "$WORK"
@@ -79,6 +79,48 @@ try:
 except MissingDependencyError as exc:
     assert "shardtrain[lightgbm]" in str(exc), exc
     print("ok: missing lightgbm ->", exc)
+EOF
+    )
+}
+
+tune() {
+    step "tune extra: pip install 'shardtrain[xgboost-cpu,tune]'"
+    local V="$WORK/venv-tune"
+    fresh_venv "$V"
+    timed "$V/bin/pip" install -q --find-links "$DIST" 'shardtrain[xgboost-cpu,tune]' -c "$REPO/constraints.txt"
+    no_cuda "$V"
+    # Ray Tune on the core's ray[default] alone: Optuna's search around XGBEstimator, the
+    # best model published and loadable.
+    (cd "$WORK" && SHARDTRAIN_HOME="$WORK/home-tune" timed "$V/bin/python" - <<'EOF'
+import numpy as np
+import pandas as pd
+import xgboost
+from shardtrain import XGBEstimator, load_model
+from shardtrain.modeling import tune
+from shardtrain.modeling.tune import BayesOpt, get_tuner_context
+
+rng = np.random.default_rng(0)
+frame = pd.DataFrame(rng.standard_normal((2000, 4)), columns=list("abcd"))
+frame["y"] = frame["a"] * 2 + frame["b"] + rng.standard_normal(2000) * 0.1
+
+
+def train_func():
+    context = get_tuner_context()
+    data = context.get_dataset_map()["train"].to_pandas()  # a DataConnector
+    estimator = XGBEstimator(n_estimators=10, params={"eta": context.get_hyper_params()["eta"]})
+    booster = estimator.fit(data, input_cols=list("abcd"), label_col="y")
+    error = booster.predict(xgboost.DMatrix(data[list("abcd")])) - data["y"].to_numpy()
+    context.report(metrics={"rmse": float(np.sqrt(np.mean(error**2)))}, model=booster)
+
+
+results = tune.Tuner(
+    train_func,
+    {"eta": tune.loguniform(0.05, 0.5)},
+    tune.TunerConfig(metric="rmse", mode="min", search_alg=BayesOpt(), num_trials=4),
+).run(dataset_map={"train": frame})
+assert len(results.results) == 4 and (results.results["status"] == "ok").all(), results.results
+best = load_model(results.artifact)
+print("ok: BayesOpt tuner, 4 trials, best rmse", float(results.best_result["rmse"].iloc[0]), type(best).__name__)
 EOF
     )
 }

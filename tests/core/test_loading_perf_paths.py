@@ -1,9 +1,11 @@
-"""The fast loading paths keep exact semantics: Parquet read through Arrow's scanner with
-read-ahead and the batch size as a hint, exact-size batches passed through, and torch tensors
+"""The fast loading paths keep exact semantics: Parquet read on a read-ahead thread with a
+byte budget and the batch size as a hint, exact-size batches passed through, and torch tensors
 that wrap freshly decoded Arrow buffers instead of copying them (never the caller's data)."""
 
 from __future__ import annotations
 
+import threading
+import time
 from decimal import Decimal
 
 import numpy as np
@@ -13,7 +15,8 @@ import pytest
 import torch
 
 from shardtrain import DataConnector, ShardedDataConnector
-from shardtrain.data.parquet import read_rows
+from shardtrain.data import parquet
+from shardtrain.data.parquet import _read_ahead, read_rows
 from shardtrain.data.torch import column_to_tensor
 
 ROWS = 23_456
@@ -71,7 +74,7 @@ def test_read_size_is_a_multiple_of_small_batches():
     assert read_rows(8_192) == 8_192 and read_rows(100_000) == 100_000
 
 
-def test_shards_read_through_the_scanner_cover_every_row_once(parquet_folder):
+def test_shards_of_parquet_cover_every_row_once(parquet_folder):
     folder, table = parquet_folder
     shards = ShardedDataConnector.from_parquet(str(folder)).shards(3)
     ids = [b.column("i").to_numpy() for shard in shards for b in shard.iter_batches(batch_size=999)]
@@ -164,3 +167,72 @@ def test_tensors_from_parquet_are_independent_between_epochs(parquet_folder):
         batch["f"].zero_()
     again = torch.cat([b["f"] for b in dataset])
     assert torch.equal(again, torch.from_numpy(table.column("f").to_numpy().copy()))
+
+
+# -- the read-ahead thread --------------------------------------------------------------------
+
+
+def _read_ahead_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "shardtrain-parquet-read-ahead"]
+
+
+def _wait_for_no_read_ahead_thread() -> None:
+    deadline = time.monotonic() + 10
+    while _read_ahead_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _read_ahead_threads()
+
+
+def test_read_ahead_stops_at_its_budget_and_keeps_order():
+    """A consumer that stalls finds at most the budget decoded ahead (plus the batch in the
+    making), not the rest of the data."""
+    made = []
+
+    def produce():
+        for i in range(100):
+            made.append(i)
+            yield pa.record_batch({"x": np.full(2**18, i, dtype=np.float32)})  # 1 MiB
+
+    batches = _read_ahead(produce, budget=4 * 2**20)
+    assert next(batches).column("x")[0].as_py() == 0
+    time.sleep(0.5)  # a slow step: the reader runs ahead as far as it may
+    assert len(made) <= 1 + 4 + 1, len(made)
+    rest = [b.column("x")[0].as_py() for b in batches]
+    assert rest == list(range(1, 100))
+    _wait_for_no_read_ahead_thread()
+
+
+def test_an_abandoned_read_stops_its_thread_and_closes_its_reader(parquet_folder, monkeypatch):
+    folder, _ = parquet_folder
+    monkeypatch.setattr(parquet, "READAHEAD_BYTES", 1)  # the thread waits after each batch
+    closed = []
+
+    def produce():
+        try:
+            yield from DataConnector.from_parquet(str(folder)).iter_batches(batch_size=100)
+        finally:
+            closed.append(True)
+
+    batches = _read_ahead(produce, budget=1)
+    assert next(batches).num_rows == 100
+    del batches  # the consumer stops (a break, an exception in the training loop)
+    _wait_for_no_read_ahead_thread()
+    assert closed == [True]
+    # and the same through the Parquet source itself
+    stream = DataConnector.from_parquet(str(folder)).iter_batches(batch_size=100)
+    next(stream)
+    assert _read_ahead_threads()  # waiting for room: the budget is one batch
+    del stream
+    _wait_for_no_read_ahead_thread()
+
+
+def test_a_read_error_reaches_the_consumer_after_the_batches_before_it():
+    def produce():
+        yield pa.record_batch({"x": [1]})
+        raise OSError("disk gone")
+
+    batches = _read_ahead(produce)
+    assert next(batches).num_rows == 1
+    with pytest.raises(OSError, match="disk gone"):
+        next(batches)
+    _wait_for_no_read_ahead_thread()

@@ -11,11 +11,15 @@ worker of 2 CPUs). Per fit: seconds (data
 worker's peak memory growth: RSS and anonymous RSS (RssAnon: what the process itself
 allocated; RSS also counts file pages it maps, such as the cache pages XGBoost reads, which
 the kernel can drop) above what the process had just before the fit, sampled every 50 ms from
-/proc. The worker pool is warmed first with a small fit of each kind, so the growth is the
-fit's, not the first import of XGBoost. The issue's target (a dataset whose float32 size is
->= 8x the budget, every worker's peak growth within it) is a run with wide rows, e.g.
-``--rows 450000 --features 256 --workers 1 --budget 56MiB --depth 4 --no-in-memory``: the
-per-row state XGBoost keeps (~48 bytes) must stay under 1/8 of a row's float32 size.
+/proc. Each measured fit gets fresh worker processes, warmed with a tiny fit (5k rows), so
+the growth is the fit's, not the first import of XGBoost, and not hidden by heap that an
+earlier fit in the same process freed but the allocator kept (a worker reused after an
+in-memory fit of 50k x 256 showed 7.5 MiB of growth for a 400k x 256 external fit). The issue's target (a dataset whose float32 size is
+>= 8x the budget, every worker's peak growth within it) needs wide rows and a shard large
+beside the fixed costs (the reader's window, a sketch group, the histograms: ~100 MiB at 256
+features): the per-row state XGBoost keeps while training (~68 bytes) must stay well under
+1/8 of a row's float32 size. Met with ``--rows 1200000 --features 256 --workers 1 --budget
+147MiB --depth 4 --rounds 10`` (docs/large_data.md: +93 MiB at most for 1176 MiB of float32).
 
 Ray runs inside this process (``ray.init``), so its workers are this process's descendants.
 """
@@ -195,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     import ray
 
     from shardtrain.config import parse_bytes
+    from shardtrain.runtime import worker_group
 
     budget = parse_bytes(args.budget, "--budget")
     os.environ.setdefault("SHARDTRAIN_CLUSTER", "private")
@@ -205,13 +210,18 @@ def main(argv: list[str] | None = None) -> None:
         hold = write_parquet(Path(tmp) / "holdout.parquet", 20_000, args.features, seed=99)
         table = pq.read_table(hold)
         holdout = (np.column_stack([table[f].to_numpy() for f in features]), table["y"].to_numpy())
-        warm = write_parquet(Path(tmp) / "warm.parquet", 50_000, args.features, seed=7)
-        for warm_budget in (budget, -1):  # import XGBoost, and each path once, in the pool
-            fit_once(warm, holdout, features, warm_budget, args.workers, 2, args.depth)
+        warm = write_parquet(Path(tmp) / "warm.parquet", 5_000, args.features, seed=7)
+
+        def fresh_workers() -> None:
+            # new processes (no heap kept from an earlier fit), XGBoost imported
+            worker_group.shutdown_workers()
+            fit_once(warm, holdout, features, -1, args.workers, 2, args.depth)
+
         for rows in [int(r) for r in args.rows.split(",")]:
             path = write_parquet(Path(tmp) / f"train-{rows}.parquet", rows, args.features)
             raw = rows * 4 * (args.features + 1)
             for mode in ("external", "in memory") if args.in_memory else ("external",):
+                fresh_workers()
                 result = fit_once(
                     path,
                     holdout,

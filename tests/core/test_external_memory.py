@@ -10,8 +10,11 @@ or killed ones included. The quality bar is the issue's: within 1% of the in-mem
 from __future__ import annotations
 
 import os
+import queue as queues
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -266,3 +269,214 @@ def test_external_memory_iterator_releases_freed_memory_each_batch(tmp_path, mon
     # the sketch's model: features x max_bin, log of the rows
     assert quantile_sketch_bytes(200_000, 256, 256) == 8 * quantile_sketch_bytes(200_000, 32, 256)
     assert quantile_sketch_bytes(400_000, 256, 256) < 1.5 * quantile_sketch_bytes(200_000, 256, 256)
+
+
+# -- the quantile sketch in groups of features (no Ray) -------------------------------------------
+def awkward_frame(n: int, seed: int) -> pd.DataFrame:
+    """Columns the cuts must survive: few distinct values, constants, NaNs, all-NaN,
+    integers, float64, all-negative and all-positive ranges, wide and narrow ranges."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "normal": rng.standard_normal(n).astype(np.float32),
+            "few": rng.integers(0, 5, n).astype(np.float32),
+            "two": rng.integers(0, 2, n).astype(np.int64),
+            "constant": np.full(n, 3.5, np.float32),
+            "negative": -rng.exponential(10, n).astype(np.float32) - 1,
+            "positive": rng.exponential(1e6, n) + 1e-3,  # float64
+            "holes": np.where(rng.random(n) < 0.3, np.nan, rng.standard_normal(n)),
+            "empty": np.full(n, np.nan, np.float32),
+            "tiny": rng.standard_normal(n).astype(np.float32) * 1e-30,
+            "distinct300": rng.integers(0, 300, n).astype(np.float32),
+        }
+    )
+    frame["Y"] = frame["normal"] * 2 + frame["few"] + rng.normal(0, 0.1, n)
+    return frame
+
+
+@pytest.mark.parametrize("max_bin", [256, 16])
+def test_grouped_sketch_gives_xgboosts_own_cuts_and_model(tmp_path, monkeypatch, max_bin):
+    """Sketching external memory's features a group at a time (a memory bound) gives the cuts
+    XGBoost's own sketch of all features gives, so the same model."""
+    from shardtrain.data.data_connector import DataConnector
+    from shardtrain.modeling.distributors import xgboost_worker
+    from shardtrain.runtime import memory
+
+    frame = awkward_frame(20_000, 5)
+    columns = [c for c in frame.columns if c != "Y"]
+    data = DataConnector.from_pandas(frame)
+    per_feature = memory.sketch_feature_bytes(20_000, max_bin)
+    monkeypatch.setattr(memory, "EXTMEM_SKETCH_BYTES", 3 * per_feature)  # groups of 3 features
+    assert memory.sketch_group_features(20_000, len(columns), max_bin) == 3
+
+    ref = xgboost_worker.sketch_reference(data, columns, max_bin, 2, tmp_path, lambda k: 3000)
+    assert ref is not None and ref.num_row() <= max_bin + 1
+
+    def matrix(name, ref):
+        it = xgboost_worker.ArrowIter(
+            data, columns, "Y", cache_prefix=str(tmp_path / name), batch_rows=3000
+        )
+        return xgb.ExtMemQuantileDMatrix(it, ref=ref, max_bin=max_bin, nthread=2)
+
+    grouped, whole = matrix("grouped", ref), matrix("whole", None)
+    for got, want in zip(grouped.get_quantile_cut(), whole.get_quantile_cut(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    params = {"max_depth": 4, "eta": 0.3, "max_bin": max_bin, "nthread": 2}
+    a, b = xgb.train(params, grouped, 5), xgb.train(params, whole, 5)
+    assert a.save_raw("json") == b.save_raw("json")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("sketch")]  # pages removed
+
+
+def test_all_features_in_one_group_need_no_reference(tmp_path):
+    from shardtrain.data.data_connector import DataConnector
+    from shardtrain.modeling.distributors import xgboost_worker
+
+    data = DataConnector.from_pandas(make_data(5000, 4))
+    assert xgboost_worker.sketch_reference(data, FEATURES, 64, 2, tmp_path, lambda k: 1000) is None
+
+
+def _grouped_and_whole_cuts(rank, tracker_args, folder, queue):
+    """One rank of a 2-rank XGBoost collective (no Ray): its half of the awkward data's cuts,
+    sketched in groups and whole."""
+    from shardtrain.data.data_connector import DataConnector
+    from shardtrain.modeling.distributors import xgboost_worker
+    from shardtrain.runtime import memory
+
+    frame = awkward_frame(20_000, 5).iloc[rank * 9000 : 9000 + rank * 11_000]  # 9k and 11k rows
+    columns = [c for c in frame.columns if c != "Y"]
+    data = DataConnector.from_pandas(frame.reset_index(drop=True))
+    memory.EXTMEM_SKETCH_BYTES = 4 * memory.sketch_feature_bytes(11_000, 64)
+    with xgb.collective.CommunicatorContext(**tracker_args, dmlc_task_id=str(rank)):
+        ref = xgboost_worker.sketch_reference(data, columns, 64, 1, Path(folder), lambda k: 2000)
+        cuts = []
+        for name, reference in (("grouped", ref), ("whole", None)):
+            it = xgboost_worker.ArrowIter(
+                data, columns, "Y", cache_prefix=f"{folder}/{name}{rank}", batch_rows=2000
+            )
+            matrix = xgb.ExtMemQuantileDMatrix(it, ref=reference, max_bin=64, nthread=1)
+            cuts.append([a.tolist() for a in matrix.get_quantile_cut()])
+            del matrix
+    queue.put((rank, ref is not None, cuts))
+
+
+@pytest.mark.slow
+def test_grouped_sketch_across_ranks_gives_the_collectives_cuts(tmp_path):
+    """Two ranks of unequal shards: each group's sketch is merged across ranks, the value
+    ranges too, so every rank gets the cuts XGBoost's own distributed sketch gives."""
+    import multiprocessing
+
+    from xgboost.tracker import RabitTracker
+
+    tracker = RabitTracker(n_workers=2, host_ip="127.0.0.1", sortby="task", timeout=120)
+    tracker.start()
+    spawn = multiprocessing.get_context("spawn")
+    queue = spawn.Queue()
+    ranks = [
+        spawn.Process(
+            target=_grouped_and_whole_cuts,
+            args=(rank, tracker.worker_args(), str(tmp_path), queue),
+        )
+        for rank in range(2)
+    ]
+    for process in ranks:
+        process.start()
+    results, deadline = {}, time.monotonic() + 120
+    while len(results) < 2 and time.monotonic() < deadline:
+        try:
+            rank, grouped, cuts = queue.get(timeout=1)
+            results[rank] = (grouped, cuts)
+        except queues.Empty:
+            assert all(p.is_alive() or p.exitcode == 0 for p in ranks), "a rank failed"
+    for process in ranks:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    tracker.free()
+    for rank in range(2):
+        used_groups, (grouped, whole) = results[rank]
+        assert used_groups
+        assert grouped == whole
+    assert results[0][1][1] == results[1][1][1]  # one set of cuts for the whole fit
+
+
+def _peak_anon_growth(fn) -> tuple[float, object]:
+    """Peak growth of this process's anonymous RSS (MiB) while ``fn()`` runs, sampled every
+    10 ms, over what it held once freed memory was released; and ``fn()``'s result."""
+    import threading
+
+    from shardtrain.runtime.memory import release_freed_memory
+
+    def anon() -> int:
+        with open("/proc/self/status") as handle:
+            return next(int(line.split()[1]) for line in handle if line.startswith("RssAnon:"))
+
+    release_freed_memory()
+    base, peak, stop = anon(), [0], threading.Event()
+
+    def sample():
+        while not stop.wait(0.01):
+            peak[0] = max(peak[0], anon())
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        result = fn()
+    finally:
+        stop.set()
+        thread.join()
+    return (max(peak[0], anon()) - base) / 1024, result
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_grouped_sketch_bounds_the_memory_of_building_the_cache(tmp_path, monkeypatch):
+    """128 features x 40k rows: XGBoost's own sketch holds ~84 MiB while it builds the cache,
+    the grouped one (groups of ~8 MiB) a tenth; the estimate says which."""
+    from shardtrain.data.data_connector import DataConnector
+    from shardtrain.modeling.distributors import xgboost_worker
+    from shardtrain.runtime import memory
+
+    rng = np.random.default_rng(0)
+    columns = [f"F{i}" for i in range(128)]
+    frame = pd.DataFrame(rng.standard_normal((40_000, 128), dtype=np.float32), columns=columns)
+    frame["Y"] = frame["F0"]
+    data = DataConnector.from_pandas(frame)
+    monkeypatch.setattr(memory, "EXTMEM_SKETCH_BYTES", 8 * 2**20)
+    whole = memory.quantile_sketch_bytes(40_000, 128, 256) / 2**20
+    grouped = memory.extmem_sketch_bytes(40_000, 128, 256) / 2**20
+    assert whole > 80 and grouped <= 8
+
+    def build(ref, name):
+        it = xgboost_worker.ArrowIter(
+            data, columns, "Y", cache_prefix=str(tmp_path / name), batch_rows=5000
+        )
+        return xgb.ExtMemQuantileDMatrix(it, ref=ref, max_bin=256, nthread=2)
+
+    def grouped_build():
+        ref = xgboost_worker.sketch_reference(data, columns, 256, 2, tmp_path, lambda k: 5000)
+        return build(ref, "grouped")
+
+    grown_whole, matrix = _peak_anon_growth(lambda: build(None, "whole"))
+    del matrix
+    grown_grouped, matrix = _peak_anon_growth(grouped_build)
+    assert grown_whole > 0.8 * whole, (grown_whole, whole)  # the model is not an overcount
+    assert grown_grouped < grouped + 16, (grown_grouped, grouped)  # + a batch and its page
+    assert matrix.num_row() == 40_000
+
+
+def test_streamed_estimate_is_flat_but_for_the_training_state():
+    """The streamed estimate: the build's part does not grow with the rows (a sketch group,
+    two batches), the training state grows ``EXTMEM_ROW_BYTES`` a row; the 8x run of
+    docs/large_data.md (1.2M x 256, 147 MiB, measured +93 MiB) passes the check, in memory
+    it would not."""
+    from shardtrain.runtime import memory
+
+    for rows in (200_000, 1_000_000, 20_000_000):
+        assert memory.extmem_sketch_bytes(rows, 256, 256) <= memory.EXTMEM_SKETCH_BYTES
+    grown = memory.extmem_rank_bytes(2_000_000, 256, 256, 4) - memory.extmem_rank_bytes(
+        1_000_000, 256, 256, 4
+    )
+    assert grown == 1_000_000 * memory.EXTMEM_ROW_BYTES
+    est = XGBEstimator(params={"max_depth": 4, "eta": 0.3})
+    budget = 147 * 2**20
+    assert 1_200_000 * 4 * 257 >= 8 * budget
+    assert est._shard_memory_bytes(1_200_000, 256, True) <= budget
+    assert est._shard_memory_bytes(1_200_000, 256, False) > 8 * budget

@@ -45,7 +45,8 @@ t0 = time.perf_counter()
 est.fit(frame, ["A", "B", "C"], "Y", artifact_stage_location=sys.argv[2])
 fit_s = time.perf_counter() - t0
 pids = sorted(p for g in worker_group.idle_groups() for p in g["pids"])
-print("RESULT", json.dumps({"pids": pids, "fit_s": fit_s, "pid": os.getpid()}), flush=True)
+print("RESULT", json.dumps({"pids": pids, "fit_s": fit_s, "pid": os.getpid(),
+    "matplotlib": "matplotlib" in sys.modules}), flush=True)
 """
 
 
@@ -99,6 +100,9 @@ def test_a_second_driver_process_gets_the_first_ones_warm_workers(tmp_path):
     second = _result(_driver(tmp_path))
     assert len(first["pids"]) == 2 and first["pid"] != second["pid"]
     assert second["pids"] == first["pids"], "the second driver started new worker processes"
+    # no per-round metrics, no training curves: the driver never imports matplotlib (its
+    # import on a thread cost a small fit ~0.3 s of CPU beside its ranks)
+    assert not first["matplotlib"] and not second["matplotlib"]
     print(f"fit: first driver {first['fit_s']:.2f} s, second (warm) {second['fit_s']:.2f} s")
     status = subprocess.run(
         [sys.executable, "-m", "shardtrain", "cluster", "status", "--json"],

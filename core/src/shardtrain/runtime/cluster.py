@@ -85,12 +85,49 @@ def connect(
     with _CONNECTING:  # threads of one process (Prefect's fan-out) connect once, not N times
         if ray.is_initialized():
             return
+        _prepare_serialization()
         _connect(
             address,
             namespace=namespace,
             runtime_env=runtime_env,
             include_dashboard=include_dashboard,
         )
+
+
+#: What Ray's serializer set-up imports in a process's first remote call (its pydantic and
+#: starlette serializers, ``ray.util.serialization_addons``): ~0.1-0.3 s of imports that a new
+#: driver's first fit paid. Imported on a thread while ``ray.init`` waits on the cluster.
+SERIALIZER_IMPORTS = (
+    "ray._common.pydantic_compat",
+    "pydantic.fields",
+    "pydantic.v1.fields",
+    "starlette.datastructures",
+    "ray._private.arrow_serialization",
+)
+
+
+def _prepare_serialization() -> None:
+    """Import what Ray's serializers need on a background thread (once per process)."""
+    global _prepared
+    if _prepared:
+        return
+    _prepared = True
+    threading.Thread(
+        target=_import_serializers, name="shardtrain-ray-serializers", daemon=True
+    ).start()
+
+
+_prepared = False
+
+
+def _import_serializers() -> None:
+    import importlib
+
+    for name in SERIALIZER_IMPORTS:
+        try:
+            importlib.import_module(name)
+        except Exception:  # absent (Ray's minimal install) or moved: Ray imports it itself
+            pass
 
 
 def _connect(

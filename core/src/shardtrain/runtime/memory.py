@@ -185,18 +185,103 @@ def _malloc_trim():
     return _TRIM[0]
 
 
-def quantile_sketch_bytes(rows: int, num_features: int, max_bin: int) -> int:
-    """What XGBoost's CPU quantile sketch (hist) holds while it builds a (external-memory or
-    in-memory) quantile matrix: per feature, ``nlevel`` summaries of ``2 * limit`` entries of
-    16 bytes, sized for ``rows`` at ``eps = 1 / (8 max_bin)``. It grows with the features and
-    ``max_bin``, and only with the log of the rows. An upper bound of the measured peaks
-    (issue 18: 398 MiB at 200k x 256, 157 MiB at 200k x 256 with max_bin 64, 84 MiB at
-    1.6M x 32; this gives 400, 196 and 98 MiB)."""
-    eps = 1.0 / (8 * max(1, max_bin))
-    level, limit = 1, 0
+#: External memory: the most of XGBoost's quantile sketch a rank holds at a time. The sketch
+#: of all features (``quantile_sketch_bytes``) grows with features x ``max_bin`` whatever the
+#: budget (~600 MiB at 400k x 256, issue 18), so an external-memory rank whose sketch is
+#: larger sketches its features in groups of ``sketch_group_features`` instead, one group at a
+#: time (``xgboost_worker.sketch_reference``): the same cuts, one more pass over each group's
+#: columns.
+EXTMEM_SKETCH_BYTES = 32 * 2**20
+
+
+def sketch_feature_bytes(rows: int, max_bin: int) -> int:
+    """What XGBoost's CPU quantile sketch (3.x, ``hist``: ``WQuantileSketch``) holds for one
+    feature of ``rows`` values while it builds a quantile matrix. Sized when it is made, from
+    the column's count: ``limit = 8 max_bin nlevel + 1`` entries a level, ``nlevel`` the least
+    with ``2^nlevel limit >= rows``; it holds an input queue of ``2 limit`` entries of 8 bytes,
+    a temporary summary of ``2 limit`` of 16 bytes and up to ``nlevel + 1`` levels of
+    ``limit`` x 16 bytes (src/common/quantile.h). So it grows with ``max_bin``, and with the
+    rows only as ``log(rows)^2``. Measured (issue 18, one process, 128 features, max_bin 256,
+    a batch of 8 MiB in flight): 136 / 195-201 / 245 MiB at 100k / 200k / 400k rows; this
+    gives 128 / 180 / 240 MiB, plus the batch 136 / 188 / 248."""
+    if rows <= 0:
+        return 0
+    bins = max(1, min(max_bin, rows))
+    level = 1
     while True:
-        limit = math.ceil(level / eps) + 1
-        if (1 << level) * limit >= rows or level >= 32:
+        limit = min(rows, 8 * bins * level + 1)
+        if (1 << level) * limit >= rows or level >= 48:
             break
         level += 1
-    return num_features * level * 2 * limit * 16
+    return limit * (8 * 2 + 16 * 2 + 16 * (level + 1))
+
+
+def quantile_sketch_bytes(rows: int, num_features: int, max_bin: int) -> int:
+    """What XGBoost's CPU quantile sketch holds for a matrix of ``rows`` x ``num_features``
+    while it builds it (in memory, or external memory in one group): per feature
+    ``sketch_feature_bytes``; freed before training. Measured (issue 18, with a batch in
+    flight): 398 MiB at 200k x 256, 157 MiB with max_bin 64, 84 MiB at 1.6M x 32; this gives
+    360, 154 and 77 MiB, plus the batch 376, 170 and 79."""
+    return num_features * sketch_feature_bytes(rows, max_bin)
+
+
+def sketch_group_features(rows: int, num_features: int, max_bin: int) -> int:
+    """How many features an external-memory rank of ``rows`` sketches at a time: as many as
+    fit ``EXTMEM_SKETCH_BYTES`` (at least one; all when they fit, which needs no extra pass).
+    ``rows`` is the largest rank's, so that every rank groups the features alike."""
+    per_feature = max(1, sketch_feature_bytes(rows, max_bin))
+    return max(1, min(num_features, EXTMEM_SKETCH_BYTES // per_feature))
+
+
+def extmem_sketch_bytes(rows: int, num_features: int, max_bin: int) -> int:
+    """The sketch an external-memory rank holds at a time: one group of features
+    (``sketch_group_features``)."""
+    return sketch_group_features(rows, num_features, max_bin) * sketch_feature_bytes(rows, max_bin)
+
+
+#: External memory: the float32 bytes of one Arrow batch a rank reads, hence of one cache page
+#: (XGBoost on CPU writes a page a batch). Smaller batches hold less while the cache is built
+#: (the reader's window and XGBoost's copy follow the batch: 106 against 157 MiB at 400k x 256
+#: with 4 and 16 MiB batches) but cost more per row while training (a page's row partition
+#: buffers: ``EXTMEM_ROW_BYTES``), issue 18.
+EXTMEM_BATCH_BYTES = 4 * 2**20
+
+
+def extmem_batch_rows(rows: int, num_features: int) -> int:
+    """Rows per batch (= per cache page) in external memory: ``EXTMEM_BATCH_BYTES`` of
+    float32, and at least 8 pages for a small shard (at least 1024 rows a page)."""
+    return max(1024, min(EXTMEM_BATCH_BYTES // (4 * (num_features + 1)), -(-rows // 8)))
+
+
+#: External memory: what training holds a row (XGBoost 3.2, CPU ``hist``): gradient pairs,
+#: predictions, labels, row indices and each page's row partition buffers. Measured (issue 18,
+#: one process, 32 features, depth 4, 0.4M -> 1.6M rows): 66.5 bytes a row with pages of
+#: 4,096 rows, 44 with pages of 65,536 (fewer partition buffers); pages of
+#: ``EXTMEM_BATCH_BYTES`` have 4k rows at 256 features, 32k at 32.
+EXTMEM_ROW_BYTES = 68
+
+#: External memory, what the estimate leaves out (it is there in memory too, as the worker's
+#: own fixed overhead is): the Parquet reader's window of decoded row groups and read-ahead
+#: batches, 48-96 MiB of Arrow's pool at 32-256 features with row groups of 8 MiB (issue 18;
+#: data/parquet.py). Measured peaks of an external-memory build with it (one process, batches
+#: of ``EXTMEM_BATCH_BYTES``): sketching a group 60-100 MiB, writing the pages 82-106 MiB.
+#: A budget must leave room for it (the automatic one does).
+EXTMEM_READER_BYTES = 96 * 2**20
+
+
+def histogram_bytes(num_features: int, max_bin: int, max_depth: int) -> int:
+    """XGBoost's ``hist`` histograms of one tree: 16 bytes a bin and feature for every node
+    (up to ``2^(max_depth + 1)``; they are kept for the tree being built)."""
+    return 16 * num_features * max_bin * 2 ** (min(max_depth, 12) + 1)
+
+
+def extmem_rank_bytes(rows: int, num_features: int, max_bin: int, max_depth: int) -> int:
+    """What an external-memory XGBoost rank of ``rows`` x ``num_features`` holds at its peak
+    beyond the worker's fixed overhead (the reader's window, ``EXTMEM_READER_BYTES``, comes on
+    top as it does in memory): the larger of building its cache (a group of the quantile
+    sketch, the batch read and XGBoost's copy of it) and training (``EXTMEM_ROW_BYTES`` a row,
+    the histograms). Used by ``XGBEstimator._shard_memory_bytes`` for the budget check."""
+    batch = min(extmem_batch_rows(rows, num_features), rows) * 4 * (num_features + 1)
+    build = extmem_sketch_bytes(rows, num_features, max_bin) + 2 * batch
+    train = rows * EXTMEM_ROW_BYTES + histogram_bytes(num_features, max_bin, max_depth)
+    return max(build, train)

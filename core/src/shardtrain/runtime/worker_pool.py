@@ -374,8 +374,10 @@ class WorkerPool:
             return
         self._demand_checked = now
         with self._lock:
-            if self._placing or self._pending or not any(
-                g.state == "idle" for g in self._groups.values()
+            if (
+                self._placing
+                or self._pending
+                or not any(g.state == "idle" for g in self._groups.values())
             ):
                 return  # a placing lease's own demand is not someone else's
         if _pending_demand():
@@ -452,6 +454,12 @@ def pool(refresh: bool = False):
     if refresh:
         _handles.pop(key, None)
     handle = _handles.get(key)
+    if handle is None and not refresh:
+        # The pool usually runs: look it up by name (no actor class exported by this driver).
+        try:
+            handle = ray.get_actor(key[1], namespace=POOL_NAMESPACE)
+        except ValueError:  # none yet
+            handle = None
     if handle is None:
         handle = (
             ray.remote(WorkerPool)
@@ -465,7 +473,7 @@ def pool(refresh: bool = False):
             )
             .remote()
         )
-        _handles[key] = handle
+    _handles[key] = handle
     return handle
 
 

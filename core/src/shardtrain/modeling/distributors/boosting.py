@@ -6,7 +6,8 @@ model format comes from its spec in ``shardtrain.model.frameworks``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,7 +28,14 @@ from shardtrain.modeling.params import warn_unknown_params
 from shardtrain.runtime import worker_group
 from shardtrain.runtime.cluster import connect
 from shardtrain.runtime.events import RoundMetrics, Snapshot
-from shardtrain.runtime.memory import MemoryPlan, gib, plan_memory, resolve_budget
+from shardtrain.runtime.memory import (
+    EXTMEM_BATCH_BYTES,  # noqa: F401 - re-exported: external memory's batches are sized there
+    MemoryPlan,
+    extmem_batch_rows,  # noqa: F401
+    gib,
+    plan_memory,
+    resolve_budget,
+)
 from shardtrain.runtime.resources import WorkerShape
 from shardtrain.runtime.run import Checkpoint, Run, RunPlan, emit
 
@@ -89,18 +97,9 @@ PER_ROW_STATE_BYTES = 48
 #: with the framework's copy of it and the batch's predictions.
 PREDICT_BATCH_BYTES = 32 * 2**20
 
-#: External memory (XGBoost; here, so that its worker module does not import the
-#: estimator's): the float32 bytes of one Arrow batch, hence of one cache page.
-EXTMEM_BATCH_BYTES = 16 * 2**20
 #: Streaming (LightGBM; here for the same reason): the bytes of features in one batch a rank
 #: converts and hands LightGBM.
 STREAM_BATCH_BYTES = 4 * 2**20
-
-
-def extmem_batch_rows(rows: int, num_features: int) -> int:
-    """Rows per batch (= per cache page) in external memory: ``EXTMEM_BATCH_BYTES`` of
-    float32, and at least 8 pages for a small shard (at least 1024 rows a page)."""
-    return max(1024, min(EXTMEM_BATCH_BYTES // (4 * (num_features + 1)), -(-rows // 8)))
 
 
 #: Thread counts follow the workers' CPUs: not part of what a checkpoint is of.
@@ -400,8 +399,13 @@ class BoostingEstimator:
                     snap = truncate_history(history, snapshot.step)
                     run.save(Checkpoint(snapshot.step, snapshot.data, snap))
 
-            with worker_group.lease(plan.shape) as group:
-                return self._launch(group, job, train_shards, eval_shards, on_progress, start.step)
+            with (
+                self._collective(plan.shape.num_workers) as collective,
+                worker_group.lease(plan.shape) as group,
+            ):
+                return self._launch(
+                    group, job, train_shards, eval_shards, on_progress, start.step, collective
+                )
 
         results = run.execute(lambda start: self._retrying(lambda: one_try(start)))
         if isinstance(results, bytes):
@@ -571,5 +575,11 @@ class BoostingEstimator:
     def _resolve(self) -> BoostingPlan:
         raise NotImplementedError
 
-    def _launch(self, group, job, train_shards, eval_shards, on_progress, done):
+    @contextmanager
+    def _collective(self, world_size: int) -> Iterator[Any]:
+        """What the ranks of one attempt connect through, set up before the group is leased
+        so that its start overlaps the lease (XGBoost: its tracker); ``_launch`` gets it."""
+        yield None
+
+    def _launch(self, group, job, train_shards, eval_shards, on_progress, done, collective=None):
         raise NotImplementedError

@@ -199,7 +199,7 @@ class LightGBMEstimator(BoostingEstimator):
                     "retrying on fresh ports."
                 )
 
-    def _launch(self, group, job, train_shards, eval_shards, on_progress, done):
+    def _launch(self, group, job, train_shards, eval_shards, on_progress, done, collective=None):
         from shardtrain.modeling.distributors import lightgbm_worker  # imports lightgbm
 
         token = uuid.uuid4().hex

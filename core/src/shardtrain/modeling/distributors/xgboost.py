@@ -13,6 +13,8 @@ The rank-side code is in ``xgboost_worker``.
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 from typing import Any
 
 from shardtrain.config import FailureConfig, XGBScalingConfig
@@ -22,20 +24,14 @@ from shardtrain.modeling.distributors.boosting import (
     BoostingEstimator,
     BoostingPlan,
     check_thread_params,
-    extmem_batch_rows,
     pop_rounds,
 )
-from shardtrain.runtime.memory import quantile_sketch_bytes
+from shardtrain.runtime.memory import extmem_rank_bytes, quantile_sketch_bytes
 from shardtrain.runtime.resources import cluster_shape, resolve_gbdt_shape
 
 __all__ = ["MODEL_FILE", "XGBEstimator", "XGBScalingConfig"]
 
 MODEL_FILE = XGBOOST.model_file
-
-#: External memory: the per-row state that stays in memory while training (gradients,
-#: predictions, labels and row partitions). Measured peak growth a row at 32 features on Ray
-#: workers: ~66 bytes (bench/memory_scaling.py, docs/large_data.md).
-EXTMEM_PER_ROW_BYTES = 32
 
 
 class XGBEstimator(BoostingEstimator):
@@ -108,14 +104,14 @@ class XGBEstimator(BoostingEstimator):
     def _shard_memory_bytes(self, rows: int, num_features: int, streaming: bool) -> int:
         """The larger of what a rank holds while it builds its matrix and while it trains.
 
-        Building: XGBoost's quantile sketch (``runtime.memory.quantile_sketch_bytes``: grows
-        with features and ``max_bin``, only with the log of the rows; freed before training)
-        and the data in flight: in memory the float32 copy of the shard, streamed two batches
-        (the one read and XGBoost's copy). Training: the histograms of one tree level (16
-        bytes a bin, feature and node of ``max_depth``) and, in memory, the binned matrix and
-        per-row state (``BoostingEstimator``), streamed only the per-row state
-        (``EXTMEM_PER_ROW_BYTES``; the binned pages are on disk, read one at a time).
-        Measured: docs/large_data.md."""
+        In memory: building, XGBoost's quantile sketch (``runtime.memory.quantile_sketch_bytes``:
+        grows with features and ``max_bin``, only with the log of the rows; freed before
+        training) and the float32 copy of the shard; training, the histograms of one tree
+        level (16 bytes a bin, feature and node of ``max_depth``), the binned matrix and
+        per-row state (``BoostingEstimator``). Streamed (external memory):
+        ``runtime.memory.extmem_rank_bytes`` (the sketch a group of features at a time, the
+        batch in flight; training, the per-row state and histograms; the binned pages are on
+        disk). Measured: docs/large_data.md."""
         depth = min(int(self.params.get("max_depth", 6) or 6), 12)
         bins = int(self.params.get("max_bin", 256) or 256)
         histograms = 16 * num_features * bins * 2**depth
@@ -124,8 +120,7 @@ class XGBEstimator(BoostingEstimator):
             return max(sketch, histograms) + super()._shard_memory_bytes(
                 rows, num_features, streaming
             )
-        batches = 2 * min(extmem_batch_rows(rows, num_features), rows) * 4 * (num_features + 1)
-        return max(sketch + batches, histograms + rows * EXTMEM_PER_ROW_BYTES)
+        return extmem_rank_bytes(rows, num_features, bins, depth)
 
     def _label_rule(self, params):
         objective = str(params.get("objective", ""))
@@ -142,38 +137,95 @@ class XGBEstimator(BoostingEstimator):
             return ("positive", 0)
         return ("any", 0)
 
-    def _launch(self, group, job, train_shards, eval_shards, on_progress, done):
+    @contextlib.contextmanager
+    def _collective(self, world_size: int):
+        """XGBoost's tracker for one attempt, started before the group is leased (its
+        ``worker_args`` is then ready by the time the ranks need it); freed afterwards."""
+        if world_size == 1:
+            yield None
+            return
+        tracker = _Tracker(world_size)
+        try:
+            yield tracker
+        finally:
+            tracker.free()
+
+    def _launch(self, group, job, train_shards, eval_shards, on_progress, done, collective=None):
         from shardtrain.modeling.distributors import xgboost_worker  # imports xgboost
 
-        tracker = self._tracker(group.world_size)
-        try:
-            args = tracker.worker_args() if tracker is not None else None
-            kwargs = [
-                dict(
-                    rank=rank,
-                    job=job,
-                    tracker_args=args,
-                    train=train_shards[rank],
-                    evals=eval_shards[rank],
-                    callbacks=self.callbacks,
-                )
-                for rank in range(group.world_size)
-            ]
-            return group.run(xgboost_worker.train_rank, kwargs, on_progress, have_step=done)
-        finally:
-            if tracker is not None:
-                with contextlib.suppress(Exception):  # after a failed run the tracker reports
-                    tracker.free()  # the broken connections again: the run's error is the news
+        args = collective.worker_args() if collective is not None else None
+        kwargs = [
+            dict(
+                rank=rank,
+                job=job,
+                tracker_args=args,
+                train=train_shards[rank],
+                evals=eval_shards[rank],
+                callbacks=self.callbacks,
+            )
+            for rank in range(group.world_size)
+        ]
+        return group.run(xgboost_worker.train_rank, kwargs, on_progress, have_step=done)
 
-    @staticmethod
-    def _tracker(world_size: int):
-        if world_size == 1:
-            return None
+
+#: A tracker started longer ago than this when its group was granted (the lease queued behind
+#: other fits) is replaced by a fresh one: its bootstrap timeout counts from its start.
+TRACKER_FRESH_S = 30.0
+#: XGBoost's tracker bootstrap timeout: the ranks must connect within it (data loading
+#: included).
+TRACKER_TIMEOUT_S = 600
+
+
+class _Tracker:
+    """A ``RabitTracker`` on the driver, started at once; its ``worker_args`` are fetched on a
+    thread. XGBoost answers ``worker_args`` only once the tracker's thread listens, polling
+    every 0.1 s: asked right after ``start`` it cost every multi-rank fit up to 0.1 s, asked
+    while the group is leased it is ready. (It must have answered before ``free``: a tracker
+    freed before it listens blocks for its whole timeout.)"""
+
+    def __init__(self, world_size: int) -> None:
+        self.world_size = world_size
+        self._start()
+
+    def _start(self) -> None:
         import ray
         from xgboost.tracker import RabitTracker
 
-        tracker = RabitTracker(
-            n_workers=world_size, host_ip=ray.util.get_node_ip_address(), sortby="task", timeout=600
+        self.started = time.monotonic()
+        self._tracker = RabitTracker(
+            n_workers=self.world_size,
+            host_ip=ray.util.get_node_ip_address(),
+            sortby="task",
+            timeout=TRACKER_TIMEOUT_S,
         )
-        tracker.start()
-        return tracker
+        self._tracker.start()
+        self._args: dict[str, Any] | None = None
+        self._error: BaseException | None = None
+        self._ready = threading.Thread(
+            target=self._fetch_args, name="shardtrain-xgb-tracker", daemon=True
+        )
+        self._ready.start()
+
+    def _fetch_args(self) -> None:
+        try:
+            self._args = self._tracker.worker_args()
+        except BaseException as exc:  # reported to the caller of worker_args
+            self._error = exc
+
+    def worker_args(self) -> dict[str, Any]:
+        """What each rank's ``CommunicatorContext`` gets (host and port of the tracker)."""
+        if time.monotonic() - self.started > TRACKER_FRESH_S:
+            self.free()
+            self._start()
+        self._ready.join()
+        if self._error is not None:
+            raise self._error
+        assert self._args is not None
+        return dict(self._args)
+
+    def free(self) -> None:
+        self._ready.join()
+        # after a failed run the tracker reports the broken connections again: the run's
+        # error is the news
+        with contextlib.suppress(Exception):
+            self._tracker.free()

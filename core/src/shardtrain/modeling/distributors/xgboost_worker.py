@@ -15,7 +15,14 @@ per fit and rank, named after the worker's pid. The folder goes when the rank en
 succeeded or failed (``finally``), or when the worker's interpreter exits (``atexit``); a
 worker that was killed leaves its folder behind, and the next fit on that node removes folders
 whose pid is no longer alive. The iterator then keeps nothing between passes: the shard is
-read again (XGBoost passes twice: sketch, then pages).
+read again (XGBoost passes three times: shape, sketch, pages).
+
+XGBoost's quantile sketch of all features grows with features x ``max_bin`` (~600 MiB at
+400k x 256), whatever the budget: where it is over ``runtime.memory.EXTMEM_SKETCH_BYTES`` an
+external-memory rank sketches its features in groups instead (``sketch_reference``), each group
+an ``ExtMemQuantileDMatrix`` of those columns only, and hands XGBoost the cuts through a small
+reference matrix (``ref=``), so the training matrix skips its own sketch. The cuts, and so the
+model, are the same as XGBoost's own (each feature's sketch is independent of the others').
 """
 
 from __future__ import annotations
@@ -28,18 +35,21 @@ import shutil
 import tempfile
 import time
 import traceback
+import warnings
 from pathlib import Path
+
+import numpy as np
 
 from shardtrain import env
 from shardtrain.data import numeric
-from shardtrain.modeling.distributors.boosting import (
-    BoostingJob,
-    BoostingRankResult,
-    extmem_batch_rows,
-)
+from shardtrain.modeling.distributors.boosting import BoostingJob, BoostingRankResult
 from shardtrain.modeling.distributors.worker_imports import import_framework
 from shardtrain.runtime.events import RoundMetrics
-from shardtrain.runtime.memory import release_freed_memory
+from shardtrain.runtime.memory import (
+    extmem_batch_rows,
+    release_freed_memory,
+    sketch_group_features,
+)
 
 xgboost = import_framework("xgboost")
 
@@ -67,7 +77,8 @@ class ArrowIter(xgboost.DataIter):
         label_rule=None,
         objective: str = "",
         cache_prefix: str | None = None,
-        batch_rows: int = numeric.TRAIN_BATCH_ROWS,
+        batch_rows: int | None = numeric.TRAIN_BATCH_ROWS,
+        record_range: bool = False,
     ) -> None:
         # cache_prefix: external memory's page files (then nothing is kept between passes:
         # keeping the shard in memory is what external memory is for avoiding).
@@ -86,6 +97,10 @@ class ArrowIter(xgboost.DataIter):
         self._cache: list | None = []
         self._cached_bytes = 0
         self._complete = False
+        # record_range: each column's smallest and largest value (NaN and nulls ignored), for
+        # sketch_reference
+        self.low = np.full(len(input_cols), np.inf, np.float32) if record_range else None
+        self.high = np.full(len(input_cols), -np.inf, np.float32) if record_range else None
 
     def reset(self) -> None:
         self._batches = None
@@ -113,7 +128,7 @@ class ArrowIter(xgboost.DataIter):
         if item is None:
             self._complete = self._cache is not None
         elif self._cache is not None:
-            self._cached_bytes += item[0].nbytes + item[1].nbytes
+            self._cached_bytes += item[0].nbytes + (item[1].nbytes if item[1] is not None else 0)
             if self._cached_bytes <= self._cache_bytes:
                 self._cache.append(item)
             else:
@@ -125,6 +140,11 @@ class ArrowIter(xgboost.DataIter):
         if item is None:
             return False
         features, label = item
+        if self.low is not None and features.num_rows:
+            for j, column in enumerate(features.columns):
+                values = column.to_numpy()  # one chunk a batch: no copy (nulls become NaN)
+                self.low[j] = np.fmin(self.low[j], np.fmin.reduce(values))
+                self.high[j] = np.fmax(self.high[j], np.fmax.reduce(values))
         input_data(data=features, label=label, feature_names=self._input_cols)
         if self._release:
             # Arrow's pool and glibc's heap keep what was freed (the last batch, XGBoost's
@@ -133,6 +153,91 @@ class ArrowIter(xgboost.DataIter):
             del features, label, item
             release_freed_memory()
         return True
+
+
+def _global(values: np.ndarray, op) -> np.ndarray:
+    """``values`` reduced over the ranks (``op``: an ``xgboost.collective.Op``), or as they are
+    outside a distributed fit."""
+    if not xgboost.collective.is_distributed():
+        return values
+    return np.asarray(xgboost.collective.allreduce(values, op), dtype=values.dtype)
+
+
+def sketch_reference(connector, input_cols, max_bin: int, nthread, folder: Path, batch_rows):
+    """The quantile cuts of an external-memory training matrix, sketched a group of features
+    at a time (``runtime.memory.sketch_group_features``: what fits
+    ``EXTMEM_SKETCH_BYTES``), as a small in-memory ``QuantileDMatrix`` to pass as ``ref``; None
+    where all features fit one group (XGBoost then sketches as it builds the matrix).
+
+    Each group is an ``ExtMemQuantileDMatrix`` of its columns only (its pages are written in
+    ``folder`` and go with it). XGBoost sketches every feature on its own, sized by that
+    feature's count, so a group's cuts are those of the whole matrix; in a distributed fit each
+    group's sketch is merged across ranks as the whole one would be, the groups being the same
+    on every rank (cut from the largest rank's rows). The reference holds, for each feature,
+    its smallest value, the cuts and its largest value (257 rows at most): XGBoost's sketch of
+    it gives back exactly these cuts, which is checked; where it would not (None then, with a
+    warning), the matrix sketches all features itself."""
+    rows = int(_global(np.array([connector.num_rows], np.float64), xgboost.collective.Op.MAX)[0])
+    group = sketch_group_features(rows, len(input_cols), max_bin)
+    if group >= len(input_cols):
+        return None
+    cuts: list[np.ndarray] = []
+    lows, highs = [], []
+    for start in range(0, len(input_cols), group):
+        columns = input_cols[start : start + group]
+        data = ArrowIter(
+            connector,
+            columns,
+            None,
+            cache_prefix=str(folder / f"sketch{start}"),
+            batch_rows=batch_rows(len(columns)),
+            record_range=True,
+        )
+        part = xgboost.ExtMemQuantileDMatrix(data, max_bin=max_bin, nthread=nthread)
+        indptr, values = part.get_quantile_cut()  # per feature: min value, cuts
+        del part  # its sketch is gone already; this removes its pages
+        release_freed_memory()
+        cuts.extend(np.split(values, indptr[1:-1].astype(np.int64)))
+        lows.append(data.low)
+        highs.append(data.high)
+    low = _global(np.concatenate(lows), xgboost.collective.Op.MIN)
+    high = _global(np.concatenate(highs), xgboost.collective.Op.MAX)
+    return reference_matrix(cuts, low, high, max_bin, nthread, input_cols)
+
+
+def reference_matrix(cuts, low, high, max_bin: int, nthread, input_cols):
+    """A ``QuantileDMatrix`` whose cuts are ``cuts`` (one array a feature, as
+    ``get_quantile_cut`` gives them: the feature's lower bound, its cut values, then the upper
+    bound); ``low``/``high`` are each feature's smallest and largest value (inf/-inf: none).
+
+    XGBoost's cuts of a feature whose sketch holds ``a[0] < ... < a[s-1]`` (its smallest and
+    largest value among them) are ``a[1] .. a[min(s, max_bin) - 1]`` and an upper bound made
+    from ``a[s-1]``, with a lower bound made from ``a[0]`` (src/common/quantile.cc,
+    ``MakeCuts``); a column of exactly those ``s`` distinct values (at most ``max_bin + 1``)
+    is sketched without loss, so it gives back the same cuts."""
+    columns = []
+    for feature, lo, hi in zip(cuts, low, high, strict=True):
+        if not lo <= hi:  # no value in any rank: no cuts but the bound of an empty column
+            columns.append(np.empty(0, np.float32))
+            continue
+        column = np.concatenate([[lo], feature[1:-1]]).astype(np.float32)
+        if column[-1] != hi:  # the largest value is a cut only when s <= max_bin
+            column = np.append(column, np.float32(hi))
+        columns.append(column)
+    data = np.full((max(1, max(len(c) for c in columns)), len(columns)), np.nan, np.float32)
+    for j, column in enumerate(columns):
+        data[: len(column), j] = column
+    ref = xgboost.QuantileDMatrix(data, max_bin=max_bin, nthread=nthread, feature_names=input_cols)
+    _, values = ref.get_quantile_cut()
+    if not np.array_equal(values, np.concatenate(cuts)):
+        warnings.warn(
+            "shardtrain: the external-memory cuts sketched in groups of features could not be "
+            "handed to XGBoost unchanged; it sketches all features at once instead (more memory)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return None
+    return ref
 
 
 class Report(xgboost.callback.TrainingCallback):
@@ -252,6 +357,8 @@ def _train_rank(reporter, rank, job, train, evals, callbacks, folder) -> Boostin
     nthread = params.get("nthread")
     started = time.perf_counter()
 
+    max_bin = int(params.get("max_bin", 256))
+
     def matrix(connector, name, ref=None):
         data = ArrowIter(
             connector,
@@ -260,15 +367,28 @@ def _train_rank(reporter, rank, job, train, evals, callbacks, folder) -> Boostin
             label_rule=job.label_rule,
             objective=str(params.get("objective", "")),
             cache_prefix=str(folder / name) if folder is not None else None,
+            # in memory: batches as the storage has them (Parquet: cut within row groups,
+            # never concatenated; 262,144-row batches over 131,072-row groups were copies,
+            # ~60 MiB more at the peak of a 1M x 32 build)
             batch_rows=(
                 extmem_batch_rows(connector.num_rows, len(job.input_cols))
                 if folder is not None
-                else numeric.TRAIN_BATCH_ROWS
+                else None
             ),
         )
-        kind = xgboost.ExtMemQuantileDMatrix if folder is not None else xgboost.QuantileDMatrix
+        if folder is None:
+            return xgboost.QuantileDMatrix(data, ref=ref, max_bin=max_bin, nthread=nthread)
+        if ref is None:  # the training matrix: its cuts sketched a group of features at a time
+            ref = sketch_reference(
+                connector,
+                job.input_cols,
+                max_bin,
+                nthread,
+                folder,
+                lambda k: extmem_batch_rows(connector.num_rows, k),
+            )
         # max_bin on the eval matrix too: ExtMemQuantileDMatrix checks it against its ref's
-        return kind(data, ref=ref, max_bin=int(params.get("max_bin", 256)), nthread=nthread)
+        return xgboost.ExtMemQuantileDMatrix(data, ref=ref, max_bin=max_bin, nthread=nthread)
 
     dtrain = matrix(train, "train")
     # The training set is evaluated only when the fit wants its metric (an eval set, a
@@ -277,8 +397,10 @@ def _train_rank(reporter, rank, job, train, evals, callbacks, folder) -> Boostin
     if evals is not None:
         watch.append((matrix(evals, "eval", ref=dtrain), "eval"))
     cache_bytes = folder_bytes(folder) if folder is not None else 0
-    if folder is not None:
-        release_freed_memory()  # the sketch's and the builder's buffers, before training
+    # What building freed (the sketch, the builder's buffers and, in memory, the shard's Arrow
+    # batches the iterator kept) goes back to the OS before training: Arrow's pool and glibc's
+    # heap keep it otherwise (1M x 32 in memory: ~230 MiB more through training).
+    release_freed_memory()
     loaded = time.perf_counter()
     booster, done = None, 0
     if job.init_model is not None:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -129,3 +132,39 @@ def s3_server():
     ).create_bucket(Bucket="shardtrain-test")
     yield options
     server.stop()
+
+
+_CREATE_MLFLOW_DB = """
+import sys
+from mlflow import MlflowClient
+
+client = MlflowClient(tracking_uri=sys.argv[1], registry_uri=sys.argv[1])
+client.search_experiments()
+client.search_registered_models()
+"""
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory) -> Path:
+    """An empty sqlite MLflow registry, created once per session (in a subprocess: this
+    process's logging stays as it was). MLflow creates and migrates a new database on first
+    use, ~10 s here; tests whose subject is not that first use start from a copy of this one
+    (``mlflow_registry``), which holds the same schema and nothing else."""
+    folder = tmp_path_factory.mktemp("mlflow_template")
+    path = folder / "mlflow.db"
+    subprocess.run(
+        [sys.executable, "-c", _CREATE_MLFLOW_DB, f"sqlite:///{path}"],
+        cwd=folder,  # MLflow's Default experiment points at ./mlruns: keep it in here
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return path
+
+
+@pytest.fixture
+def mlflow_registry(mlflow_template, tmp_path) -> str:
+    """The URI of an empty sqlite MLflow registry at ``tmp_path / "mlflow.db"``."""
+    from tests.helpers import seed_mlflow_registry
+
+    return seed_mlflow_registry(mlflow_template, tmp_path / "mlflow.db")

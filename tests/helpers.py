@@ -28,6 +28,17 @@ def temp_folder(prefix: str) -> str:
     return path
 
 
+def seed_mlflow_registry(template: Path, path: Path) -> str:
+    """Copy the empty registry ``template`` to ``path`` (unless a registry is there already);
+    returns its ``sqlite:///`` URI."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        shutil.copyfile(template, tmp)
+        os.replace(tmp, path)
+    return f"sqlite:///{path}"
+
+
 def regression_table(rows: int = 400, seed: int = 0) -> pa.Table:
     """A linear regression problem over FEATURES with label LABEL (float64 columns)."""
     rng = np.random.default_rng(seed)

@@ -1,7 +1,8 @@
 """Real Airflow for the provider tests: a migrated sqlite metadata DB in a temp AIRFLOW_HOME.
 
 DAGs run as `python <dag file>` (which calls `dag.test()`), exactly as a user runs them, each
-in its own process with its own local Ray; tests then read the real metadata DB.
+in its own process joining the local Ray head of their $SHARDTRAIN_HOME; tests then read the
+real metadata DB.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ class AirflowEnv:
             AIRFLOW__CORE__DAGS_FOLDER=str(dags),
             AIRFLOW__CORE__LOAD_EXAMPLES="False",
             SHARDTRAIN_HOME=str(shardtrain_home),
-            SHARDTRAIN_WORKER_IDLE_S="5",
+            # Warm worker groups outlive a DAG run for the next one (idle groups give way at
+            # once to a fit or job that needs their CPUs).
+            SHARDTRAIN_WORKER_IDLE_S="120",
         )
         self.env.pop("RAY_ADDRESS", None)
         self.outputs: dict[str, str] = {}  # dag.test() streams the task logs to the console
+        self.last_output = ""  # the latest run's: a failed task shows only there
 
     def run_dag(self, filename: str, extra_env: dict | None = None, timeout: int = 400):
         result = subprocess.run(
@@ -43,7 +47,7 @@ class AirflowEnv:
             timeout=timeout,
         )
         assert result.returncode == 0, (result.stdout[-4000:], result.stderr[-4000:])
-        self.outputs[filename] = result.stdout + result.stderr
+        self.outputs[filename] = self.last_output = result.stdout + result.stderr
         return self.outputs[filename]
 
     def query(self, sql: str, *args):
@@ -57,7 +61,7 @@ class AirflowEnv:
             task_id,
             key,
         )
-        assert rows, f"no XCom {key} for {dag_id}.{task_id}"
+        assert rows, (f"no XCom {key} for {dag_id}.{task_id}", self.last_output[-4000:])
         return json.loads(rows[0][0])
 
     def logs(self) -> str:
@@ -67,16 +71,36 @@ class AirflowEnv:
 
 
 @pytest.fixture(scope="session")
-def airflow_env(tmp_path_factory):
+def airflow_env(tmp_path_factory, request):
+    """Airflow with its own $SHARDTRAIN_HOME (stage, default registry, example data) whose
+    local head is the session's: its ``cluster`` folder (record, lock, token) is the session
+    home's, so DAG runs find and join that head as they would their own (starting a second
+    head cost ~10 s and a core's tenth all session). The default registry starts as a copy of
+    an empty one: MLflow's first-use creation is tests/core/test_registry*.py's subject.
+
+    ``airflow db migrate`` runs while the session's head and registry template are made."""
+    from tests.helpers import seed_mlflow_registry
+
     root = tmp_path_factory.mktemp("airflow")
     dags = root / "dags"
     shutil.copytree(REPO / "dags", dags)
     env = AirflowEnv(root / "home", dags, root / "shardtrain")
-    subprocess.run(
+    migrate = subprocess.Popen(
         [sys.executable, "-m", "airflow", "db", "migrate"],
         env=env.env,
-        check=True,
-        capture_output=True,
-        timeout=300,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
+    try:
+        ray_head = request.getfixturevalue("ray_head")
+        template = request.getfixturevalue("mlflow_template")
+        output, _ = migrate.communicate(timeout=300)
+    finally:
+        if migrate.poll() is None:
+            migrate.kill()
+            migrate.communicate()
+    assert migrate.returncode == 0, output[-4000:]
+    env.shardtrain_home.mkdir()
+    (env.shardtrain_home / "cluster").symlink_to(ray_head.cluster_dir, target_is_directory=True)
+    seed_mlflow_registry(template, env.shardtrain_home / "mlflow" / "mlflow.db")
     return env

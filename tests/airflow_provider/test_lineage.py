@@ -218,7 +218,7 @@ def run_lineage_dag(airflow_env, tmp_path, dag_id: str, **extra_env) -> list[dic
         "LINEAGE_TRAIN": str(tmp_path / "data" / "train"),
         "LINEAGE_EVAL": str(tmp_path / "data" / "eval"),
         "LINEAGE_STAGE": str(tmp_path / "stage"),
-        "LINEAGE_REGISTRY": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "LINEAGE_REGISTRY": f"sqlite:///{tmp_path / 'mlflow.db'}",  # seeded: mlflow_registry
         "AIRFLOW_CONN_SF_LINEAGE": json.dumps(SNOWFLAKE_CONN),
         "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
             {"type": "file", "log_file_path": str(events), "append": True}
@@ -284,7 +284,9 @@ def check_dag_lineage(airflow_env, tmp_path, dag_id: str, events: list[dict]) ->
 
 
 @pytest.mark.slow
-def test_a_dag_run_reports_data_to_model_to_registry(airflow_env, ray_head, tmp_path):
+def test_a_dag_run_reports_data_to_model_to_registry(
+    airflow_env, ray_head, mlflow_registry, tmp_path
+):
     events = run_lineage_dag(
         airflow_env,
         tmp_path,
@@ -295,7 +297,9 @@ def test_a_dag_run_reports_data_to_model_to_registry(airflow_env, ray_head, tmp_
 
 
 @pytest.mark.slow
-def test_a_deferred_ray_job_reports_the_same_lineage(airflow_env, ray_head, tmp_path):
+def test_a_deferred_ray_job_reports_the_same_lineage(
+    airflow_env, ray_head, mlflow_registry, tmp_path
+):
     from shardtrain.runtime import worker_group
 
     worker_group.shutdown_workers()  # the job's workers need the CPUs

@@ -204,7 +204,9 @@ def test_connection_form_is_declared_for_airflow_3_3(tmp_path):
 
 
 @pytest.mark.slow
-def test_operators_close_the_sessions_they_open(ray_cluster, snowflake_local, tmp_path):
+def test_operators_close_the_sessions_they_open(
+    ray_cluster, snowflake_local, mlflow_registry, tmp_path
+):
     """Sessions opened through the hook are closed when the task ends (before, each task left
     its Snowpark session open)."""
     from shardtrain import load_model
@@ -239,7 +241,7 @@ def test_operators_close_the_sessions_they_open(ray_cluster, snowflake_local, tm
         task_id="register",
         model=local,
         name="closing_check",
-        registry=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        registry=mlflow_registry,
         snowflake_conn_id=snowflake_local,
     ).execute({"ti": TI})
     assert registered["source_uri"] == local["uri"]

@@ -1,8 +1,9 @@
 """The long-lived local Ray head: shared by every process, stopped when idle or asked.
 
 Everything here is real: `ray start` heads, driver processes, the job server, the monitor.
-Each test has its own $SHARDTRAIN_HOME (so its own head) and stops that head in teardown;
-drivers run in subprocesses so this test process stays on the session's cluster.
+Each test has its own $SHARDTRAIN_HOME (so its own head) and stops that head in teardown, but
+the tests that only use a running head share one (``running_head``); drivers run in
+subprocesses so this test process stays on the session's cluster.
 """
 
 from __future__ import annotations
@@ -49,10 +50,32 @@ if "--stay" in sys.argv:
 def home(tmp_path, monkeypatch):
     """A fresh $SHARDTRAIN_HOME for this test; its head (if any) is stopped afterwards."""
     path = tmp_path / "home"
+    _use_home(monkeypatch, path)
+    yield path
+    _stop_and_check(path)
+
+
+@pytest.fixture(scope="module")
+def running_head(tmp_path_factory):
+    """A head (1 CPU) in a fresh $SHARDTRAIN_HOME, started once for the tests that only use a
+    running head (each test's own would cost a head start, ~8 s); stopped after the module.
+    Yields the home and the head's record; the home is $SHARDTRAIN_HOME in those tests."""
+    path = tmp_path_factory.mktemp("running_head") / "home"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _use_home(monkeypatch, path)
+        record = local_cluster.ensure(num_cpus=1)
+        yield path, record
+        _stop_and_check(path)
+
+
+def _use_home(monkeypatch, path) -> None:
     monkeypatch.setenv("SHARDTRAIN_HOME", str(path))
     for name in ("RAY_ADDRESS", "SHARDTRAIN_CLUSTER", "SHARDTRAIN_CLUSTER_IDLE_S"):
         monkeypatch.delenv(name, raising=False)
-    yield path
+
+
+def _stop_and_check(path) -> None:
+    """Stop the home's head; fail when any of its processes, or another head, is left."""
     record = local_cluster.stop()
     temp_dir = (path / "cluster" / "ray").resolve()  # under /tmp when the home is long
     # A head a failed test left without a record would have nothing to stop it: kill it here.
@@ -144,8 +167,9 @@ def test_processes_starting_at_once_share_one_head(home):
     assert started == 1
 
 
-def test_a_later_process_joins_the_running_head(home):
-    record = local_cluster.ensure(num_cpus=1)
+def test_a_later_process_joins_the_running_head(running_head):
+    _, record = running_head
+    assert local_cluster.ensure(num_cpus=1) == record  # running: not started again
     report = _report(_driver())
     assert report["gcs_address"] == record.gcs_address
     assert local_cluster.current() == record  # same head: same GCS pid, same start
@@ -154,8 +178,9 @@ def test_a_later_process_joins_the_running_head(home):
     print(f"joined the running head in {report['joined_s']:.2f} s")
 
 
-def test_job_client_submits_to_the_head_with_its_token(home):
-    record = local_cluster.ensure(num_cpus=1)
+def test_job_client_submits_to_the_head_with_its_token(running_head):
+    home, record = running_head
+    assert local_cluster.current() == record
     client = record.job_client()
     job = client.submit_job(
         entrypoint="python -c \"import ray; ray.init(); print('CPUs', ray.cluster_resources()['CPU'])\""
@@ -264,7 +289,9 @@ def test_idle_head_stops_but_not_while_a_driver_is_connected(home, monkeypatch):
 
 def test_a_head_whose_record_is_deleted_stops_itself(home, monkeypatch):
     """E.g. pytest deleting an old session's home: no head is left that nothing could stop."""
-    monkeypatch.setenv("SHARDTRAIN_CLUSTER_IDLE_S", "600")  # polls every 10 s at most
+    # Idle long enough not to stop for that (the log line below tells why it stopped); the
+    # monitor looks every idle_s / 5 = 4 s (10 s at most: 600 s idle took 10 s more here).
+    monkeypatch.setenv("SHARDTRAIN_CLUSTER_IDLE_S", "20")
     record = local_cluster.ensure(num_cpus=1)
     (home / "cluster" / "cluster.json").unlink()
     deadline = time.monotonic() + 60

@@ -35,7 +35,6 @@ ESTIMATORS = {
 
 @pytest.fixture(scope="module", autouse=True)
 def _ray(ray_cluster):
-    worker_group.shutdown_workers()  # the killed driver needs the head's CPUs
     yield
     worker_group.shutdown_workers()
 
@@ -51,11 +50,19 @@ def train_path(tmp_path_factory):
 
 
 def crash_before_manifest(framework, train_path, stage, request_id, rounds, params):
-    """Fit in a driver process that is SIGKILLed right before its manifest is written."""
-    worker_group.shutdown_workers()  # free the CPUs this process's warm pool holds
+    """Fit in a driver process that is SIGKILLed right before its manifest is written.
+
+    It joins with this process's runtime_env, as a retry of the same task would: both get
+    their workers from one pool, so the warm group of one fit serves the next (it is back in
+    the pool before the model is published, so before the kill)."""
+    import ray
+
+    runtime_env = dict(ray.get_runtime_context().runtime_env or {})
     script = textwrap.dedent(f"""
         import os, signal
         import shardtrain.model.publish as publish
+        from shardtrain.runtime.cluster import connect
+        connect(runtime_env={runtime_env!r})
         from shardtrain import DataConnector
         from shardtrain.config import FailureConfig
         from shardtrain.modeling.distributors.{framework} import *

@@ -23,9 +23,13 @@ def _ray(ray_cluster):
     worker_group.shutdown_workers()
 
 
-def asset_events(api, keys: list[str], count: int, timeout: float = 30.0) -> list:
+def asset_events(
+    api, keys: list[str], count: int, timeout: float = 30.0, settle: float = 0.0
+) -> list:
     """The server's ``prefect.asset.*`` events about ``keys`` (waiting for ``count``: the
-    client sends events in the background)."""
+    client sends events in the background). With ``settle``, read once more that long after
+    ``count`` arrived: the server stores events in batches (every 5 s), so an extra event
+    sent with them is stored by then."""
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
     from prefect.events.worker import EventsWorker
 
@@ -36,6 +40,9 @@ def asset_events(api, keys: list[str], count: int, timeout: float = 30.0) -> lis
     deadline = time.monotonic() + timeout
     while True:
         events = api.read_events(filter=query, limit=50).events
+        if len(events) >= count and settle:
+            time.sleep(settle)
+            return api.read_events(filter=query, limit=50).events
         if len(events) >= count or time.monotonic() > deadline:
             return events
         time.sleep(0.5)
@@ -45,13 +52,15 @@ def related_assets(event, role: str = "asset") -> set[str]:
     return {r.id for r in event.related if r.role == role}
 
 
-def test_training_and_registration_record_table_to_model_to_registry(api, tmp_path):
+def test_training_and_registration_record_table_to_model_to_registry(
+    api, mlflow_registry, tmp_path
+):
     train = tmp_path / "data" / "train"
     holdout = tmp_path / "data" / "holdout"
     write_regression(train / "part-0.parquet", 400)
     write_regression(holdout / "part-0.parquet", 100, seed=1)
     stage = ModelStage(uri=str(tmp_path / "stage"))
-    registry = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    registry = mlflow_registry
 
     @flow
     def train_and_register():
@@ -71,7 +80,9 @@ def test_training_and_registration_record_table_to_model_to_registry(api, tmp_pa
     model_key = f"file://{artifact.uri}"
     entry_key = f"{registry}/assets_model/{registered.version}"
     data_keys = {f"file://{train}", f"file://{holdout}"}
-    events = asset_events(api, [model_key, entry_key, *data_keys], count=6)
+    # the data referenced (2) and the model materialised by the training, the model referenced
+    # and the entry materialised by the registration (count=6 waited out the timeout each run)
+    events = asset_events(api, [model_key, entry_key, *data_keys], count=5, settle=6.0)
     by_kind = {}
     for event in events:
         by_kind.setdefault((event.event, event.resource.id), []).append(event)

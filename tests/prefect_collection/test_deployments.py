@@ -1,7 +1,7 @@
-"""The example flows deployed as users deploy them: a real Prefect server in a subprocess,
-``serve()`` in another process, a deployment run of every flow, and the results read back
-by this process from Prefect's persisted results (the flow's dict and the training task's
-``ModelArtifact``).
+"""The example flows deployed as users deploy them: a real Prefect server in a subprocess (the
+session's harness server), ``serve()`` in another process, a deployment run of every flow,
+and the results read back by this process from Prefect's persisted results (the flow's dict
+and the training task's ``ModelArtifact``).
 
 A flow module with ``from __future__ import annotations`` and block-typed parameters passed
 in-process runs but failed here (``PydanticUserError: ... is not fully defined``): only a
@@ -11,14 +11,12 @@ deployment run validates parameters from the flow's entrypoint.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from shardtrain import ModelArtifact, load_model
@@ -26,7 +24,6 @@ from shardtrain import ModelArtifact, load_model
 pytestmark = pytest.mark.slow  # a Prefect server, a serving process and three flow runs
 
 REPO = Path(__file__).resolve().parents[2]
-PREFECT = str(Path(sys.executable).parent / "prefect")
 FLOWS = {  # deployment name -> (flow name, framework)
     "shardtrain-xgboost/test": "xgboost",
     "shardtrain-lightgbm/test": "lightgbm",
@@ -49,23 +46,16 @@ serve(
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _deployed(client) -> bool:
+    """Whether every deployment of FLOWS is registered (the server is the session's)."""
+    from prefect.exceptions import ObjectNotFound
 
-
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else "server exited"
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"no Prefect server at {url} after {timeout}s")
+    try:
+        for name in FLOWS:
+            client.read_deployment_by_name(name)
+    except ObjectNotFound:
+        return False
+    return True
 
 
 def _stop(proc: subprocess.Popen) -> str:
@@ -79,40 +69,31 @@ def _stop(proc: subprocess.Popen) -> str:
 
 
 @pytest.fixture
-def prefect_server():
-    """``prefect server start`` on loopback with its own PREFECT_HOME (sqlite, no UI).
+def prefect_server(prefect_harness, ray_head, mlflow_template):
+    """The environment of a process that serves deployments to the session's Prefect server
+    (the harness's API server: a real server in its own process), with a results folder of
+    its own; the runs join the session's Ray head and register in its home's default registry.
 
-    Its folders are outside pytest's temp root, which concurrent pytest sessions prune."""
+    The results folder is outside pytest's temp root, which concurrent pytest sessions prune.
+    The runner looks for scheduled runs every second (Prefect's default: every 10 s). The
+    default registry starts as a copy of an empty one (this test is not about its creation)."""
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.helpers import seed_mlflow_registry
+
+    seed_mlflow_registry(
+        mlflow_template, Path(ray_head.cluster_dir).parent / "mlflow" / "mlflow.db"
+    )
     with tempfile.TemporaryDirectory(prefix="prefect-deploy-") as tmp:
-        yield from _server(Path(tmp))
+        yield dict(
+            os.environ,
+            PREFECT_API_URL=PREFECT_API_URL.value(),
+            PREFECT_LOCAL_STORAGE_PATH=str(Path(tmp) / "results"),
+            PREFECT_RUNNER_POLL_FREQUENCY="1",
+        )
 
 
-def _server(tmp_path: Path):
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/api"
-    env = dict(
-        os.environ,
-        PREFECT_HOME=str(tmp_path / "prefect"),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_ENABLED="false",
-        PREFECT_API_URL=url,
-        PREFECT_LOCAL_STORAGE_PATH=str(tmp_path / "results"),
-    )
-    server = subprocess.Popen(
-        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        _wait_healthy(url, server, timeout=120)
-        yield env
-    finally:
-        _stop(server)
-
-
-def test_every_example_flow_runs_as_a_served_deployment(prefect_server, ray_head):
+def test_every_example_flow_runs_as_a_served_deployment(prefect_server):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.deployments import run_deployment
@@ -135,7 +116,7 @@ def test_every_example_flow_runs_as_a_served_deployment(prefect_server, ray_head
     try:
         with temporary_settings(updates=settings), get_client(sync_client=True) as client:
             deadline = time.monotonic() + 120
-            while len(client.read_deployments()) < len(FLOWS):
+            while not _deployed(client):
                 assert serving.poll() is None, _stop(serving)
                 assert time.monotonic() < deadline, "serve() registered no deployments"
                 time.sleep(0.5)

@@ -45,12 +45,12 @@ def logs_of(api, flow_run_id) -> str:
         ("pytorch_flow", "pytorch_training", "pytorch"),
     ],
 )
-def test_example_flow(module, flow_name, framework, api, tmp_path):
+def test_example_flow(module, flow_name, framework, api, mlflow_registry):
     import importlib
 
     flow_fn = getattr(importlib.import_module(module), flow_name)
-    registry = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    state = flow_fn(rows=20_000, registry=registry, return_state=True)
+    registry = mlflow_registry
+    state = flow_fn(rows=5000, registry=registry, return_state=True)  # the data of the tests below
     assert state.is_completed(), state
     result = state.result()
     artifact = result["artifact"]
@@ -141,7 +141,7 @@ def test_block_secrets_never_reach_results_or_logs(api, tmp_path):
     assert password not in repr(stage) and s3_secret not in repr(stage)
 
 
-def test_tasks_close_the_sessions_they_open(api, tmp_path):
+def test_tasks_close_the_sessions_they_open(api, mlflow_registry, tmp_path):
     """The training task's stage session and register_model's session are closed when the
     tasks end (before, every task run left its Snowpark session open). Sessions run on
     Snowpark's local emulation: no live account is reachable here."""
@@ -153,7 +153,7 @@ def test_tasks_close_the_sessions_they_open(api, tmp_path):
     data = prepare(5000)
     to_snowflake = ModelStage(uri="@ML.PUBLIC.MODELS", local_testing=True)
     local = ModelStage(uri=str(tmp_path / "stage"), local_testing=True)
-    registry = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    registry = mlflow_registry
 
     @flow
     def train_and_register():

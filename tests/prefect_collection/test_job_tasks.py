@@ -40,8 +40,8 @@ def test_training_tasks_run_as_ray_jobs(api, ray_head, cluster_block, tmp_path):
     stage = ModelStage(uri=str(tmp_path / "stage"))
 
     @flow
-    def jobs_flow():
-        xgb = train_xgboost(
+    def jobs_flow():  # both jobs at once: each needs one of the head's two CPUs
+        xgb = train_xgboost.submit(
             data,
             FEATURES,
             LABEL,
@@ -51,7 +51,7 @@ def test_training_tasks_run_as_ray_jobs(api, ray_head, cluster_block, tmp_path):
             ray_cluster=cluster_block,
             stage=stage,
         )
-        torch_model = train_pytorch(
+        torch_model = train_pytorch.submit(
             "jobs_train_funcs:tiny_torch",
             dataset_map={"train": data},
             hyper_params={"features": FEATURES},
@@ -59,7 +59,7 @@ def test_training_tasks_run_as_ray_jobs(api, ray_head, cluster_block, tmp_path):
             ray_cluster=cluster_block,
             stage=stage,
         )
-        return xgb, torch_model
+        return xgb.result(), torch_model.result()
 
     state = jobs_flow(return_state=True)
     xgb, torch_model = state.result()

@@ -24,14 +24,14 @@ def train(data_connector, context):
 
 
 def test_many_model_flow_trains_and_registers_each_partition(
-    prefect_harness, ray_cluster, tmp_path
+    prefect_harness, ray_cluster, mlflow_registry, tmp_path
 ):
     pytest.importorskip("lightgbm")
     rng = np.random.default_rng(0)
     x = rng.normal(size=90)
     frame = pd.DataFrame({"group": np.repeat(["n", "s", "w"], 30), "x": x, "y": 3 * x})
     stage = ModelStage(uri=str(tmp_path / "stage"))
-    registry = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    registry = mlflow_registry
 
     @flow
     def many_models():

@@ -45,7 +45,7 @@ sys.exit(0 if state.is_completed() else 1)
 """
 
 
-def test_ray_and_mlflow_info_lines_are_info_in_the_run_log(api, ray_head, tmp_path):
+def test_ray_and_mlflow_info_lines_are_info_in_the_run_log(api, ray_head, mlflow_registry, tmp_path):
     from prefect.client.schemas.filters import LogFilter
     from prefect.settings import PREFECT_API_URL
 
@@ -56,7 +56,7 @@ def test_ray_and_mlflow_info_lines_are_info_in_the_run_log(api, ray_head, tmp_pa
         PREFECT_API_URL=PREFECT_API_URL.value(),
         SHARDTRAIN_HOME=str(Path(ray_head.cluster_dir).parent),  # joins the session's head
         LOG_LEVELS_DATA=write_regression(tmp_path / "train.parquet", rows=400),
-        LOG_LEVELS_REGISTRY=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        LOG_LEVELS_REGISTRY=mlflow_registry,
     )
     env.pop("RAY_ADDRESS", None)
     result = subprocess.run(

@@ -27,12 +27,12 @@ def train_func():
 
 
 def test_tune_flow_publishes_the_best_model_and_registers_it(
-    prefect_harness, ray_cluster, tmp_path
+    prefect_harness, ray_cluster, mlflow_registry, tmp_path
 ):
     x = np.random.default_rng(0).normal(size=200)
     frame = pd.DataFrame({"x": x, "y": np.sin(3 * x)})
     stage = ModelStage(uri=str(tmp_path / "stage"))
-    registry = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    registry = mlflow_registry
 
     @flow
     def tuning():

@@ -28,14 +28,7 @@ from shardtrain.modeling.params import warn_unknown_params
 from shardtrain.runtime import worker_group
 from shardtrain.runtime.cluster import connect
 from shardtrain.runtime.events import RoundMetrics, Snapshot
-from shardtrain.runtime.memory import (
-    EXTMEM_BATCH_BYTES,  # noqa: F401 - re-exported: external memory's batches are sized there
-    MemoryPlan,
-    extmem_batch_rows,  # noqa: F401
-    gib,
-    plan_memory,
-    resolve_budget,
-)
+from shardtrain.runtime.memory import MemoryPlan, gib, plan_memory, resolve_budget
 from shardtrain.runtime.resources import WorkerShape
 from shardtrain.runtime.run import Checkpoint, Run, RunPlan, emit
 

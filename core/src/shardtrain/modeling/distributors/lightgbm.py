@@ -52,7 +52,8 @@ PER_CLASS_ROW_BYTES = 16
 SAMPLE_VALUE_BYTES = 12
 DEFAULT_SAMPLE_ROWS = 200_000  # LightGBM's bin_construct_sample_cnt
 #: Streaming: decoded batches a rank may hold at once (the one in hand, its matrix, and the
-#: reader's read-ahead: ``data.parquet.BATCH_READAHEAD`` of them at most).
+#: reader's read-ahead: ``data.parquet.READAHEAD_BYTES`` of them plus a decoded chunk; kept at
+#: its earlier, larger value: an over-estimate only sends a shard to streaming sooner).
 STREAM_BATCHES_HELD = 20
 
 

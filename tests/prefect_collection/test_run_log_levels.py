@@ -45,7 +45,9 @@ sys.exit(0 if state.is_completed() else 1)
 """
 
 
-def test_ray_and_mlflow_info_lines_are_info_in_the_run_log(api, ray_head, mlflow_registry, tmp_path):
+def test_ray_and_mlflow_info_lines_are_info_in_the_run_log(
+    api, ray_head, mlflow_registry, tmp_path
+):
     from prefect.client.schemas.filters import LogFilter
     from prefect.settings import PREFECT_API_URL
 

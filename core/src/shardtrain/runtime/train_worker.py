@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from shardtrain.runtime.events import Snapshot, WorkerLog
+from shardtrain.runtime.memory import release_freed_memory
 from shardtrain.runtime.worker_context import WorkerInfo, bind_worker
 
 #: Ray prefixes a worker's log lines with the actor's repr; the pool names its actors so.
@@ -146,12 +147,16 @@ class TrainWorker:
         run_id: str | None = None,
     ) -> Any:
         reporter = self.reporter = Reporter(run_id)
-        with (
-            _isolated(),
-            _forwarding(reporter, rank),
-            bind_worker(WorkerInfo(rank=rank, world_size=world_size)),
-        ):
-            return fn(reporter, **kwargs)
+        try:
+            with (
+                _isolated(),
+                _forwarding(reporter, rank),
+                bind_worker(WorkerInfo(rank=rank, world_size=world_size)),
+            ):
+                return fn(reporter, **kwargs)
+        finally:
+            del kwargs  # the shards' connectors
+            _release_after_run()
 
     def poll(self, cursor: int, have_step: int, run_id: str | None = None):
         reporter = self.reporter
@@ -162,6 +167,15 @@ class TrainWorker:
     def poll_logs(self, cursor: int, run_id: str) -> list[WorkerLog]:
         reporter = self.reporter
         return reporter.take_logs(cursor) if reporter.run_id == run_id else []
+
+
+def _release_after_run() -> None:
+    """Give what the run freed back to the OS: a warm worker otherwise sits on its last fit's
+    peak between fits (glibc's heap and Arrow's pool keep freed pages; measured: a LightGBM
+    rank of 1M x 32 stayed at 550-740 MiB, now ~300 MiB), which the next fit on a shared node
+    pays for. Takes 1-12 ms. No ``gc.collect()``: it freed nothing more here, and a full
+    collection in a worker that imported a framework is not free for a 10k-row fit."""
+    release_freed_memory()
 
 
 _actor_class = None

@@ -104,9 +104,7 @@ def _restore(library: str) -> None:
 
 
 @contextlib.contextmanager
-def library_logs(
-    *libraries: str, root_handler: RootHandlerFactory | None = None
-) -> Iterator[None]:
+def library_logs(*libraries: str, root_handler: RootHandlerFactory | None = None) -> Iterator[None]:
     """Send the named libraries' logs (``"ray"``, ``"mlflow"``) to the orchestrator's log
     while the block runs (and, with ``root_handler``, to the handler it makes per library).
     A library that is installed is imported first: importing it installs its

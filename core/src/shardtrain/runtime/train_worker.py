@@ -155,8 +155,10 @@ class TrainWorker:
             ):
                 return fn(reporter, **kwargs)
         finally:
-            del kwargs  # the shards' connectors
-            _release_after_run()
+            # What the run freed goes back to the OS: glibc's heap and Arrow's pool keep freed
+            # pages, so a warm worker sat on its last fit's peak until the next one (a LightGBM
+            # rank of 1M x 32: 550-740 MiB, now ~300). 1-12 ms; a gc.collect() freed no more.
+            release_freed_memory()
 
     def poll(self, cursor: int, have_step: int, run_id: str | None = None):
         reporter = self.reporter
@@ -167,15 +169,6 @@ class TrainWorker:
     def poll_logs(self, cursor: int, run_id: str) -> list[WorkerLog]:
         reporter = self.reporter
         return reporter.take_logs(cursor) if reporter.run_id == run_id else []
-
-
-def _release_after_run() -> None:
-    """Give what the run freed back to the OS: a warm worker otherwise sits on its last fit's
-    peak between fits (glibc's heap and Arrow's pool keep freed pages; measured: a LightGBM
-    rank of 1M x 32 stayed at 550-740 MiB, now ~300 MiB), which the next fit on a shared node
-    pays for. Takes 1-12 ms. No ``gc.collect()``: it freed nothing more here, and a full
-    collection in a worker that imported a framework is not free for a 10k-row fit."""
-    release_freed_memory()
 
 
 _actor_class = None

@@ -277,6 +277,39 @@ def test_worker_warnings_and_log_records_reach_the_driver_log(caplog):
     assert not any("below WARNING" in msg for _, _, msg in lines)
 
 
+def report_then_fail(reporter, marker: str) -> None:
+    """Rank 0 reports five rounds and a checkpoint and returns; rank 1 then fails."""
+    from shardtrain.runtime.events import RoundMetrics
+    from shardtrain.runtime.worker_context import current_worker
+
+    if current_worker().rank == 0:
+        for step in range(1, 6):
+            reporter.report(RoundMetrics(step, {"train": {"rmse": 1.0 / step}}))
+        reporter.checkpoint(5, b"model at round 5")
+        open(marker, "w").close()
+        return
+    while not os.path.exists(marker):
+        time.sleep(0.01)
+    raise RuntimeError("rank 1 gives up")
+
+
+def test_a_failed_run_still_hands_on_what_rank_0_reported_before_it(tmp_path, monkeypatch):
+    """The error names the round a run got to: rounds (and a checkpoint) rank 0 reported after
+    the driver's last poll are not lost when a rank fails before the next one. Polling is slowed
+    here so the failure always comes first (in CI, load made the last poll lag: round 3 of 5)."""
+    monkeypatch.setattr(worker_group, "POLL_INTERVAL_S", 60.0)
+    seen: list = []
+    with worker_group.lease(TWO) as group:
+        with pytest.raises(worker_group.WorkerError, match="rank 1 gives up"):
+            group.run(
+                report_then_fail,
+                [{"marker": str(tmp_path / "reported")}] * 2,
+                on_progress=lambda events, snapshot: seen.append((events, snapshot)),
+            )
+    assert [e.round for events, _ in seen for e in events] == [1, 2, 3, 4, 5]
+    assert [s.step for _, s in seen if s is not None] == [5]
+
+
 def test_two_drivers_at_once_on_a_cluster_that_fits_one_run_one_after_the_other(tmp_path):
     drivers = [_driver(tmp_path / str(i), SHARDTRAIN_PLACEMENT_TIMEOUT_S="5") for i in range(2)]
     results = [_result(d) for d in drivers]

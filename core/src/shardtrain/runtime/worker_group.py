@@ -114,22 +114,51 @@ class WorkerGroup:
                 failed = [ref for ref in ready if self._error(ref, rank_of[ref])]
                 if failed:
                     logs.drain(final=True)
+                    # What rank 0 reported since the last poll (the rounds it finished, a
+                    # checkpoint) still counts: the error names the round the run got to.
+                    self._final_progress(on_progress, cursor, have_step, run_id)
                     self._raise_root_cause(failed, pending, rank_of)
                 if on_progress is not None:
-                    events, snapshot = ray.get(
-                        self.workers[0].poll.remote(cursor, have_step, run_id)
-                    )
-                    cursor += len(events)
-                    if snapshot is not None:
-                        have_step = snapshot.step
-                    if events or snapshot is not None:
-                        on_progress(events, snapshot)
+                    cursor, have_step = self._progress(on_progress, cursor, have_step, run_id)
                 logs.drain()
             logs.drain(final=True)
             return ray.get(refs)
         except BaseException:
             self.shutdown()  # peers may hang in a collective: never leave them running
             raise
+
+    def _progress(
+        self,
+        on_progress: ProgressCallback,
+        cursor: int,
+        have_step: int,
+        run_id: str,
+        timeout: float | None = None,
+    ) -> tuple[int, int]:
+        """Hand rank 0's new events and newest snapshot to ``on_progress``; the new cursor
+        and snapshot step."""
+        import ray
+
+        events, snapshot = ray.get(
+            self.workers[0].poll.remote(cursor, have_step, run_id), timeout=timeout
+        )
+        cursor += len(events)
+        if snapshot is not None:
+            have_step = snapshot.step
+        if events or snapshot is not None:
+            on_progress(events, snapshot)
+        return cursor, have_step
+
+    def _final_progress(
+        self, on_progress: ProgressCallback | None, cursor: int, have_step: int, run_id: str
+    ) -> None:
+        """The last poll of a failed run; rank 0 may be the rank that died."""
+        if on_progress is None:
+            return
+        try:
+            self._progress(on_progress, cursor, have_step, run_id, timeout=HEALTH_TIMEOUT_S)
+        except Exception:  # rank 0 is gone: the progress the driver has is all there is
+            logger.debug("no final progress from rank 0", exc_info=True)
 
     @staticmethod
     def _error(ref, rank: int) -> ShardtrainError | None:

@@ -394,40 +394,41 @@ def train_rank(
         )
     allreduce = collective.StarAllreduce(rank, world_size, hub, _HUBS.pop(token, None))
     try:
-        started = time.perf_counter()
-        dtrain, deval = shard_datasets(train, evals, job, streamed=streamed)
-        # The training set is a valid set only when the fit wants its metric (see
-        # boosting.wants_train_metric): otherwise LightGBM skips evaluating it each round.
-        valid_sets, names = ([dtrain], ["train"]) if job.evaluate_train else ([], [])
-        rows = {"train": len(dtrain.get_label())}
-        if deval is not None:
-            valid_sets.append(deval)
-            names.append("eval")
-            rows["eval"] = len(deval.get_label())
-        init = lightgbm.Booster(model_str=job.init_model.decode()) if job.init_model else None
-        loaded = time.perf_counter()
-        # Release the reserved port only now, so nothing else can take it while the shard
-        # loads; LightGBM binds it a moment later.
-        _release_port(token)
-        booster = lightgbm.train(
-            params,
-            dtrain,
-            num_boost_round=job.num_boost_round,
-            valid_sets=valid_sets,
-            valid_names=names,
-            init_model=init,
-            callbacks=[
-                _callback(
-                    reporter,
-                    rank,
-                    allreduce,
-                    rows,
-                    job.checkpoint_every,
-                    job.early_stopping_rounds,
-                    names[-1] if names else None,
-                )
-            ],
-        )
+        with job.reading():  # LightGBM reads the shard while it trains (bins lazily)
+            started = time.perf_counter()
+            dtrain, deval = shard_datasets(train, evals, job, streamed=streamed)
+            # The training set is a valid set only when the fit wants its metric (see
+            # boosting.wants_train_metric): otherwise LightGBM skips evaluating it each round.
+            valid_sets, names = ([dtrain], ["train"]) if job.evaluate_train else ([], [])
+            rows = {"train": len(dtrain.get_label())}
+            if deval is not None:
+                valid_sets.append(deval)
+                names.append("eval")
+                rows["eval"] = len(deval.get_label())
+            init = lightgbm.Booster(model_str=job.init_model.decode()) if job.init_model else None
+            loaded = time.perf_counter()
+            # Release the reserved port only now, so nothing else can take it while the shard
+            # loads; LightGBM binds it a moment later.
+            _release_port(token)
+            booster = lightgbm.train(
+                params,
+                dtrain,
+                num_boost_round=job.num_boost_round,
+                valid_sets=valid_sets,
+                valid_names=names,
+                init_model=init,
+                callbacks=[
+                    _callback(
+                        reporter,
+                        rank,
+                        allreduce,
+                        rows,
+                        job.checkpoint_every,
+                        job.early_stopping_rounds,
+                        names[-1] if names else None,
+                    )
+                ],
+            )
     finally:
         _release_port(token)
         allreduce.close()

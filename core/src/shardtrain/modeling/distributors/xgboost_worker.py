@@ -341,7 +341,7 @@ def train_rank(
         else contextlib.nullcontext()
     )
     cache = extmem_cache(job.extmem_dir, rank) if job.external_memory else contextlib.nullcontext()
-    with communicator, cache as folder:
+    with communicator, cache as folder, job.reading():
         # the matrices live in _train_rank's frame: freed before the folder is removed
         try:
             return _train_rank(reporter, rank, job, train, evals, callbacks, folder)

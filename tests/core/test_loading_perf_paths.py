@@ -4,6 +4,8 @@ that wrap freshly decoded Arrow buffers instead of copying them (never the calle
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from decimal import Decimal
@@ -279,6 +281,22 @@ def test_a_budgeted_build_reads_one_row_group_at_a_time(parquet_folder):
     assert lean == 1 and usual == parquet.DECODE_THREADS == 2
     assert lean_values == usual_values == table.column("i").to_pylist()
     _wait_for_no_read_ahead_thread()
+
+
+def test_a_process_that_reads_then_exits_exits_cleanly(tmp_path):
+    """The read ends once its threads have closed their files: a thread still closing one as
+    the interpreter exits aborted the process ('terminate called without an active
+    exception', exit code 134)."""
+    path = tmp_path / "groups.parquet"
+    pq.write_table(_table(40_000), path, row_group_size=2_000)
+    code = (
+        "from shardtrain import DataConnector\n"
+        f"rows = sum(b.num_rows for b in DataConnector.from_parquet({str(path)!r}).iter_batches())\n"
+        "print(rows)\n"
+    )
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert (done.returncode, done.stdout.strip()) == (0, "40000"), done.stderr[-2000:]
 
 
 def test_an_error_in_a_later_part_comes_after_every_batch_before_it():

@@ -170,25 +170,44 @@ class ParquetSource(Source):
         fields = [self._schema.field(c) for c in columns] if columns else list(self._schema)
         chunk_rows = batch_rows * max(1, DECODE_BYTES // (batch_rows * _row_bytes(fields)))
         fs, footers = self._fs, {}  # footers: each file's parsed once per read
+        # Each thread keeps its file open across row groups: a reader made per row group
+        # cost ~0.7 ms (reading 16 of 256 columns: 30% slower).
+        open_file = threading.local()
+
+        def reader_for(file_index: int):
+            cached = getattr(open_file, "current", None)
+            if cached is not None and cached[0] == file_index:
+                return cached[2]
+            close_file()
+            handle = fs.open_input_file(self._files[file_index])
+            reader = pq.ParquetFile(handle, pre_buffer=True, metadata=footers.get(file_index))
+            footers[file_index] = reader.metadata
+            open_file.current = (file_index, handle, reader)
+            return reader
+
+        def close_file() -> None:
+            cached = getattr(open_file, "current", None)
+            open_file.current = None
+            if cached is not None:
+                cached[1].close()
 
         def decode(unit) -> Generator[pa.RecordBatch, None, None]:
             """One row group's rows ``lo:hi``, pre-buffered on its own (a whole-file
             pre-buffer would hold all of it) and decoded in chunks of about ``DECODE_BYTES``,
             cut into batches of ``batch_rows``: every batch owns its buffers."""
             file_index, group, lo, hi = unit
-            with fs.open_input_file(self._files[file_index]) as handle:
-                reader = pq.ParquetFile(handle, pre_buffer=True, metadata=footers.get(file_index))
-                footers[file_index] = reader.metadata
-                chunks = reader.iter_batches(
-                    batch_size=chunk_rows, row_groups=[group], columns=columns, use_threads=True
-                )
-                # Skip into the first row group, stop inside the last.
-                for chunk in slice_batches(chunks, lo, hi - lo):
-                    for offset in range(0, chunk.num_rows, batch_rows):
-                        yield chunk.slice(offset, batch_rows)
+            chunks = reader_for(file_index).iter_batches(
+                batch_size=chunk_rows, row_groups=[group], columns=columns, use_threads=True
+            )
+            # Skip into the first row group, stop inside the last.
+            for chunk in slice_batches(chunks, lo, hi - lo):
+                for offset in range(0, chunk.num_rows, batch_rows):
+                    yield chunk.slice(offset, batch_rows)
 
         return _read_ahead(
-            [partial(decode, unit) for unit in units], threads=_decode_threads.get() or None
+            [partial(decode, unit) for unit in units],
+            threads=_decode_threads.get() or None,
+            thread_done=close_file,
         )
 
 
@@ -215,6 +234,7 @@ def _read_ahead(
     parts: Sequence[Callable[[], Generator[pa.RecordBatch, None, None]]],
     budget: int | None = None,
     threads: int | None = None,
+    thread_done: Callable[[], None] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """The batches of every ``part()`` in order, made on up to ``threads`` threads
     (``DECODE_THREADS``), each making one part at a time, while the consumer works.
@@ -222,7 +242,7 @@ def _read_ahead(
     A thread stops while ``budget`` bytes (``READAHEAD_BYTES``) of batches wait, except for the
     part the consumer is at when none of its batches is ready (so a later part never starves
     it). An error reaches the consumer after the batches before it; no part after it starts.
-    All threads end when the consumer stops."""
+    All threads end when the consumer stops, each calling ``thread_done()`` as it ends."""
     budget = READAHEAD_BYTES if budget is None else budget
     threads = max(1, min(len(parts), DECODE_THREADS if threads is None else threads))
     ready: list[deque[tuple[pa.RecordBatch, int]]] = [deque() for _ in parts]
@@ -252,21 +272,25 @@ def _read_ahead(
             batches.close()  # the open file, when the consumer stopped early
 
     def run() -> None:
-        while True:
-            with cond:
-                if state["closed"] or state["failed"] or state["next"] >= len(parts):
-                    return
-                index = state["next"]
-                state["next"] += 1
-            try:
-                make(index)
-            except BaseException as exc:  # handed to the consumer, raised there
+        try:
+            while True:
                 with cond:
-                    errors[index], state["failed"] = exc, True
-            finally:
-                with cond:
-                    done[index] = True
-                    cond.notify_all()
+                    if state["closed"] or state["failed"] or state["next"] >= len(parts):
+                        return
+                    index = state["next"]
+                    state["next"] += 1
+                try:
+                    make(index)
+                except BaseException as exc:  # handed to the consumer, raised there
+                    with cond:
+                        errors[index], state["failed"] = exc, True
+                finally:
+                    with cond:
+                        done[index] = True
+                        cond.notify_all()
+        finally:
+            if thread_done is not None:
+                thread_done()
 
     workers = [
         threading.Thread(target=run, name="shardtrain-parquet-read-ahead", daemon=True)
@@ -300,6 +324,11 @@ def _read_ahead(
                 for queue in ready:
                     queue.clear()
                 cond.notify_all()
+            # Their files are closed before the read ends: a thread still closing one while
+            # the interpreter exits aborts the process. Each stops within a chunk's decoding.
+            for worker in workers:
+                if worker.is_alive():
+                    worker.join()
 
     return consume()
 

@@ -258,11 +258,10 @@ def test_a_later_part_never_starves_the_part_the_consumer_waits_for():
     _wait_for_no_read_ahead_thread()
 
 
-def test_a_budgeted_build_reads_one_row_group_at_a_time(parquet_folder):
-    """Inside ``decode_threads(1)`` (a rank over its memory budget: each decoding thread holds
-    a row group's decoding state) a read runs one thread; outside, ``DECODE_THREADS``."""
-    from shardtrain.modeling.distributors.boosting import BoostingJob
-
+def test_inside_decode_threads_1_a_read_runs_one_thread(parquet_folder):
+    """GBDT ranks read inside ``decode_threads(1)`` (each decoding thread holds a row group's
+    decoding state, and their build is slower than one thread decodes); elsewhere a read runs
+    ``DECODE_THREADS``, with the same rows in the same order."""
     folder, table = parquet_folder
 
     def threads_while_reading() -> tuple[int, list[int]]:
@@ -272,12 +271,9 @@ def test_a_budgeted_build_reads_one_row_group_at_a_time(parquet_folder):
             values.extend(batch.column("i").to_pylist())
         return most, values
 
-    job = dict(params={}, num_boost_round=1, early_stopping_rounds=None, input_cols=["f"])
-    job |= dict(label_col=None, init_model=None, checkpoint_every=0)
-    with BoostingJob(**job, external_memory=True).reading():
+    with parquet.decode_threads(1):
         lean, lean_values = threads_while_reading()
-    with BoostingJob(**job, external_memory=False).reading():
-        usual, usual_values = threads_while_reading()
+    usual, usual_values = threads_while_reading()
     assert lean == 1 and usual == parquet.DECODE_THREADS == 2
     assert lean_values == usual_values == table.column("i").to_pylist()
     _wait_for_no_read_ahead_thread()

@@ -47,9 +47,10 @@ _decode_threads: ContextVar[int] = ContextVar("shardtrain_parquet_decode_threads
 @contextmanager
 def decode_threads(threads: int) -> Iterator[None]:
     """Parquet reads started inside decode ``threads`` row groups at a time instead of
-    ``DECODE_THREADS``. One is for a build under a memory budget (external memory, a streamed
-    Dataset), which counts the reader's window as a fixed cost: an external-memory fit of
-    1.2M x 256 at a 147 MiB budget grew 171 MiB with two, 93 MiB with one."""
+    ``DECODE_THREADS``. GBDT ranks read with one: their matrix build consumes more slowly than
+    one thread decodes, and a build under a memory budget counts the reader's window as a
+    fixed cost (an external-memory fit of 1.2M x 256 at a 147 MiB budget grew 171 MiB with
+    two threads, 139 MiB with one)."""
     token = _decode_threads.set(threads)
     try:
         yield

@@ -7,7 +7,7 @@ model format comes from its spec in ``shardtrain.model.frameworks``.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,7 +20,6 @@ from shardtrain import env
 from shardtrain.config import FailureConfig, GBDTScalingConfig, check_int
 from shardtrain.data.data_connector import DataConnector, as_connector
 from shardtrain.data.numeric import TRAIN_BATCH_ROWS, check_training_columns, matrix_batches
-from shardtrain.data.parquet import decode_threads
 from shardtrain.data.sharding import shard
 from shardtrain.errors import ConfigError, NotFittedError, ScalingConfigError, SchemaError
 from shardtrain.model.artifact import ModelArtifact, check_request_id
@@ -66,11 +65,6 @@ class BoostingJob:
     #: Where external-memory caches go (``SHARDTRAIN_EXTMEM_DIR`` read on the driver; None:
     #: each worker's own default).
     extmem_dir: str | None = None
-
-    def reading(self):
-        """The scope a rank reads its shards in: over its memory budget, Parquet is decoded
-        one row group at a time (the budget counts the reader's window as fixed)."""
-        return decode_threads(1) if self.external_memory else nullcontext()
 
 
 @dataclass(frozen=True)

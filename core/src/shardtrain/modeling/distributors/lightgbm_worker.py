@@ -31,6 +31,7 @@ import pyarrow as pa
 import ray
 
 from shardtrain.data import numeric
+from shardtrain.data.parquet import decode_threads
 from shardtrain.errors import SchemaError
 from shardtrain.modeling.distributors.boosting import (
     STREAM_BATCH_BYTES,
@@ -394,7 +395,9 @@ def train_rank(
         )
     allreduce = collective.StarAllreduce(rank, world_size, hub, _HUBS.pop(token, None))
     try:
-        with job.reading():  # LightGBM reads the shard while it trains (bins lazily)
+        # LightGBM reads the shard while it trains (it bins lazily): one Parquet row group
+        # decoded at a time, as an XGBoost rank reads (see xgboost_worker.train_rank).
+        with decode_threads(1):
             started = time.perf_counter()
             dtrain, deval = shard_datasets(train, evals, job, streamed=streamed)
             # The training set is a valid set only when the fit wants its metric (see

@@ -6,6 +6,9 @@ the driver's). Workers are every descendant but Ray's daemons (GCS, raylet, dash
 runtime-env agents, log monitor), which only the whole-tree figure includes. RSS, not PSS: reading PSS for a dozen processes takes ~27 ms
 here, too slow to sample; RSS counts shared pages (libraries, Ray's object store) once per
 process that maps them, so sums over many processes overstate, which the report says.
+``peak_anon`` sums anonymous RSS instead (``RssAnon``: the heap and buffers each process
+allocated itself; libraries and Ray's shared object store left out), which a sum over several
+processes does not overstate: the memory a layout of several processes adds, beside plain's.
 """
 
 from __future__ import annotations
@@ -31,6 +34,18 @@ def _is_daemon(process: psutil.Process) -> bool:
     return any(part.endswith(_DAEMON_SCRIPTS) for part in command[1:3])
 
 
+def _anon_bytes(pid: int) -> int:
+    """``RssAnon`` of a process (/proc: a read of a few hundred bytes; 0 where unreadable)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _title(process: psutil.Process) -> str:
     """``ray::IDLE`` or ``ray::_TrainWorker.run`` as Ray titles it; else the program or script."""
     try:
@@ -50,6 +65,7 @@ class PeakMemory:
         self.interval_s = interval_s
         self.peak = 0
         self.peak_tree = 0
+        self.peak_anon = 0
         self.idle = 0
         self._driver = psutil.Process()
         self._daemons: dict[int, bool] = {}
@@ -65,6 +81,7 @@ class PeakMemory:
         driver = self._driver.memory_info().rss
         self._note("driver", driver)
         workers = tree = 0
+        anon = _anon_bytes(self._driver.pid)
         children = self._driver.children(recursive=True)
         for child in children:
             try:
@@ -77,6 +94,8 @@ class PeakMemory:
             tree += rss
             if not self._daemons[child.pid]:
                 workers += rss
+                anon += _anon_bytes(child.pid)
+        self.peak_anon = max(self.peak_anon, anon)
         return driver + workers, driver + tree
 
     def _run(self) -> None:

@@ -27,6 +27,12 @@ def summarise(case: dict) -> dict:
         "max_s": max(walls),
         "peak_gib": statistics.median(r["peak_bytes"] for r in runs) / GIB,
         "peak_tree_gib": statistics.median(r["peak_tree_bytes"] for r in runs) / GIB,
+        # absent from runs recorded before it was sampled
+        "peak_anon_gib": (
+            statistics.median(r["peak_anon_bytes"] for r in runs) / GIB
+            if all("peak_anon_bytes" in r for r in runs)
+            else None
+        ),
         "idle_gib": statistics.median(r["idle_bytes"] for r in runs) / GIB,
         "metric": statistics.median(metrics) if metrics else None,
     }
@@ -84,6 +90,15 @@ def targets(summary: list[dict], rows: int) -> list[tuple[str, str, str, str]]:
             lambda v: v <= 1.30,
         )
         a, b = _find(summary, ours, rows), _find(summary, plain, rows)
+        check(
+            f"{framework}: shardtrain peak anonymous memory / plain (shared pages once)",
+            "<= 1.30x",
+            a["peak_anon_gib"] / b["peak_anon_gib"]
+            if a and b and a.get("peak_anon_gib") and b.get("peak_anon_gib")
+            else None,
+            lambda v: v <= 1.30,
+        )
+        a, b = _find(summary, ours, rows), _find(summary, plain, rows)
         gap = (a["metric"] - b["metric"]) / b["metric"] if a and b and a["metric"] else None
         check(
             f"{framework}: holdout RMSE vs plain",
@@ -136,8 +151,8 @@ def targets(summary: list[dict], rows: int) -> list[tuple[str, str, str, str]]:
 def _case_table(summary: list[dict], topic: str, rows: int, base: str | None) -> list[str]:
     lines = [
         "| case | median | min / max | vs " + (base or "-") + " | peak memory (driver + workers) "
-        "| idle before | whole process tree | holdout RMSE |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| peak anonymous memory | idle before | whole process tree | holdout RMSE |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     base_case = _find(summary, f"{topic}/{base}", rows) if base else None
     for case in summary:
@@ -145,13 +160,14 @@ def _case_table(summary: list[dict], topic: str, rows: int, base: str | None) ->
             continue
         label = case["name"].split("/", 1)[1]
         if not case["ok"]:
-            lines.append(f"| {label} | failed: {case.get('error', '?')} | | | | | | |")
+            lines.append(f"| {label} | failed: {case.get('error', '?')} | | | | | | | |")
             continue
         vs = f"{case['median_s'] / base_case['median_s']:.2f}x" if base_case else "-"
         metric = f"{case['metric']:.4f}" if case["metric"] is not None else "-"
+        anon = f"{case['peak_anon_gib']:.2f} GiB" if case.get("peak_anon_gib") else "-"
         lines.append(
             f"| {label} | {case['median_s']:.2f} s | {case['min_s']:.2f} / {case['max_s']:.2f} "
-            f"| {vs} | {case['peak_gib']:.2f} GiB | {case['idle_gib']:.2f} GiB "
+            f"| {vs} | {case['peak_gib']:.2f} GiB | {anon} | {case['idle_gib']:.2f} GiB "
             f"| {case['peak_tree_gib']:.2f} GiB | {metric} |"
         )
     return lines

@@ -81,6 +81,7 @@ def run_job(job: dict, data: Path, work: Path, repeats: int) -> list[dict]:
                     "wall_s": wall,
                     "peak_bytes": memory.peak,
                     "peak_tree_bytes": memory.peak_tree,
+                    "peak_anon_bytes": memory.peak_anon,
                     "idle_bytes": memory.idle,
                     "metric": evaluate() if evaluate else None,
                 }

@@ -26,9 +26,9 @@ MIN_READ_ROWS = 8_192
 #: while the consumer works on earlier ones and stop when this much waits: what a read holds
 #: is this, plus per decoding thread (``DECODE_THREADS``) the chunk being decoded and the raw
 #: bytes of its row group (pre-buffered: one row group a thread), plus what the consumer
-#: keeps, whatever the size of the data. (Arrow's dataset scanner, used before, held 50-75% of a file decoded ahead
-#: of a slow consumer, whatever its batch and fragment read-ahead said: 68, 140-210 and
-#: 270 MiB of 1M, 4M and 8M rows x 17 float32, issue 18.)
+#: keeps, whatever the size of the data. (Arrow's dataset scanner, used before, held 50-75%
+#: of a file decoded ahead of a slow consumer, whatever its batch and fragment read-ahead
+#: said: 68, 140-210 and 270 MiB of 1M, 4M and 8M rows x 17 float32, issue 18.)
 READAHEAD_BYTES = 16 * 2**20
 #: Decoded bytes per Parquet read call (a multiple of the batch size, cut into batches without
 #: a copy; never more than a row group): decoding 8,192 rows at a time costs ~20% more CPU
@@ -270,7 +270,7 @@ def _read_ahead(
                     cond.notify_all()
                 del batch  # the consumer's alone once handed over
         finally:
-            batches.close()  # the open file, when the consumer stopped early
+            batches.close()  # its Arrow reader, when the consumer stopped early
 
     def run() -> None:
         try:

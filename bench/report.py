@@ -61,7 +61,8 @@ def targets(summary: list[dict], rows: int) -> list[tuple[str, str, str, str]]:
 
     def ratio(a, b, key="median_s"):
         a, b = _find(summary, a, rows), _find(summary, b, rows)
-        return a[key] / b[key] if a and b and b[key] else None
+        # a value may be absent (None) from runs recorded before it was measured
+        return a[key] / b[key] if a and b and a[key] is not None and b[key] else None
 
     for framework, tolerance in (("xgboost", 0.01), ("lightgbm", 0.02)):
         ours, plain, ray = f"{framework}/shardtrain", f"{framework}/plain", f"{framework}/Ray Train"
@@ -89,13 +90,10 @@ def targets(summary: list[dict], rows: int) -> list[tuple[str, str, str, str]]:
             ratio(ours, plain, "peak_gib"),
             lambda v: v <= 1.30,
         )
-        a, b = _find(summary, ours, rows), _find(summary, plain, rows)
         check(
             f"{framework}: shardtrain peak anonymous memory / plain (shared pages once)",
             "<= 1.30x",
-            a["peak_anon_gib"] / b["peak_anon_gib"]
-            if a and b and a.get("peak_anon_gib") and b.get("peak_anon_gib")
-            else None,
+            ratio(ours, plain, "peak_anon_gib"),
             lambda v: v <= 1.30,
         )
         a, b = _find(summary, ours, rows), _find(summary, plain, rows)
@@ -164,7 +162,7 @@ def _case_table(summary: list[dict], topic: str, rows: int, base: str | None) ->
             continue
         vs = f"{case['median_s'] / base_case['median_s']:.2f}x" if base_case else "-"
         metric = f"{case['metric']:.4f}" if case["metric"] is not None else "-"
-        anon = f"{case['peak_anon_gib']:.2f} GiB" if case.get("peak_anon_gib") else "-"
+        anon = f"{case['peak_anon_gib']:.2f} GiB" if case["peak_anon_gib"] is not None else "-"
         lines.append(
             f"| {label} | {case['median_s']:.2f} s | {case['min_s']:.2f} / {case['max_s']:.2f} "
             f"| {vs} | {case['peak_gib']:.2f} GiB | {anon} | {case['idle_gib']:.2f} GiB "

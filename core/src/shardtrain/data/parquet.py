@@ -41,7 +41,10 @@ DECODE_BYTES = 8 * 2**20
 #: chunk and one row group's raw bytes (its decoding state: ~30 MiB for 8 MiB row groups).
 DECODE_THREADS = 2
 
-_decode_threads: ContextVar[int] = ContextVar("shardtrain_parquet_decode_threads", default=0)
+#: Set by ``decode_threads``; None: ``DECODE_THREADS``.
+_decode_threads: ContextVar[int | None] = ContextVar(
+    "shardtrain_parquet_decode_threads", default=None
+)
 
 
 @contextmanager
@@ -207,7 +210,7 @@ class ParquetSource(Source):
 
         return _read_ahead(
             [partial(decode, unit) for unit in units],
-            threads=_decode_threads.get() or None,
+            threads=_decode_threads.get(),
             thread_done=close_file,
         )
 

@@ -157,7 +157,8 @@ class WorkerGroup:
             return
         try:
             self._progress(on_progress, cursor, have_step, run_id, timeout=HEALTH_TIMEOUT_S)
-        except Exception:  # rank 0 is gone: the progress the driver has is all there is
+        except Exception:  # rank 0 is gone, or keeping its last checkpoint failed: the
+            # rank's failure, raised next, is what the caller must see
             logger.debug("no final progress from rank 0", exc_info=True)
 
     @staticmethod

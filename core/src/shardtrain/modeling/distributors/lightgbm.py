@@ -33,6 +33,7 @@ from shardtrain.modeling.distributors.boosting import (
     check_thread_params,
     pop_rounds,
 )
+from shardtrain.runtime.collective import HubTicket
 from shardtrain.runtime.resources import cluster_shape, resolve_gbdt_shape
 from shardtrain.runtime.run import emit
 
@@ -208,7 +209,9 @@ class LightGBMEstimator(BoostingEstimator):
         machines = group.run(
             lightgbm_worker.prepare_rank, [dict(rank=r, token=token) for r in range(world)]
         )
-        hub = (machines[0]["ip"], machines[0]["hub_port"])
+        # The hub admits only this run's ranks: they prove a per-run secret, which goes to
+        # them in the actor call arguments only (HubTicket never shows it).
+        hub = HubTicket.new(machines[0]["ip"], machines[0]["hub_port"])
         kwargs = [
             dict(
                 rank=r,

@@ -309,14 +309,16 @@ def _release_port(token: str) -> None:
 
 
 def prepare_rank(reporter, *, rank: int, token: str) -> dict:
-    """Phase 1: each rank reserves its LightGBM port; rank 0 also opens the metric hub."""
+    """Phase 1: each rank reserves its LightGBM port; rank 0 also opens the metric hub, on
+    the address Ray uses for its node (not every interface)."""
+    ip = ray.util.get_node_ip_address()
     hub_port = None
     if rank == 0:
-        server, hub_port = collective.open_hub()
+        server, hub_port = collective.open_hub(ip)
         _HUBS[token] = server
     held, port = _reserve_port()
     _PORTS[token] = held
-    return {"ip": ray.util.get_node_ip_address(), "port": port, "hub_port": hub_port}
+    return {"ip": ip, "port": port, "hub_port": hub_port}
 
 
 def _global_metrics(allreduce, results, counts):
@@ -377,13 +379,15 @@ def train_rank(
     world_size: int,
     token: str,
     machines: list[dict],
-    hub: tuple[str, int],
+    hub: collective.HubTicket,
     job: BoostingJob,
     train,
     evals,
     streamed: bool = True,
 ) -> BoostingRankResult:
-    """One rank of a fit (runs inside a Ray actor); ``streamed``: see ``shard_datasets``."""
+    """One rank of a fit (runs inside a Ray actor); ``hub``: the metric hub's address and the
+    run's secret, which admits this rank (``runtime.collective``); ``streamed``: see
+    ``shard_datasets``."""
     params = dict(job.params)
     if world_size > 1:
         params.update(

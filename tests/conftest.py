@@ -1,18 +1,70 @@
-"""Shared fixtures: real services started once per test session.
+"""Shared fixtures: real services started once per test session, and the suite's markers.
 
 Ray, a Snowpark local_testing session and an S3-compatible server (moto, on loopback) are
 started lazily: only the tests that ask for them pay for them.
+
+The suite has three layers (CONTRIBUTING.md): tests/unit (logic only: its conftest refuses
+processes, sockets and Ray), tests/integration (the session's Ray head, Airflow's
+``dag.test()`` in this process, the Prefect harness, moto, Snowpark local_testing) and
+tests/system (real processes end to end). Every test gets its layer's marker and a marker
+for each resource it uses (``ray``, ``airflow``, ``prefect``, ``jobs``, ``subprocess``,
+``rig``, ``s3``, ``snowpark``): from its fixtures here, from a module's ``pytestmark``
+where no fixture shows it. ``-m "not system"`` or ``-m "not ray"`` select by them.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import temp_folder
+
+# Prefect reads these when it is first imported: set them before any test module imports it.
+if "PREFECT_HOME" not in os.environ:
+    os.environ["PREFECT_HOME"] = temp_folder("prefect-home-")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.setdefault("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "0.3")
+
+
+# Airflow writes its config under AIRFLOW_HOME when first imported: keep it out of ~/airflow.
+if "AIRFLOW_HOME" not in os.environ:
+    os.environ["AIRFLOW_HOME"] = temp_folder("airflow-home-")
+
+
+LAYERS = ("unit", "integration", "system")
+
+#: The resource each service fixture stands for.
+FIXTURE_MARKERS = {
+    "ray_head": "ray",
+    "ray_cluster": "ray",
+    "prefect_harness": "prefect",
+    "airflow_env": "airflow",
+    "airflow_db": "airflow",
+    "s3_server": "s3",
+    "snowpark_session": "snowpark",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Each test's layer (its folder under tests/) and the resources its fixtures start."""
+    root = Path(__file__).parent
+    for item in items:
+        relative = Path(item.path).relative_to(root).parts
+        layer = relative[0] if relative and relative[0] in LAYERS else None
+        if layer is None:
+            raise pytest.UsageError(
+                f"{item.nodeid} is outside the three layers: move it under tests/unit, "
+                "tests/integration or tests/system"
+            )
+        item.add_marker(layer)
+        for fixture in set(getattr(item, "fixturenames", ())) & FIXTURE_MARKERS.keys():
+            item.add_marker(FIXTURE_MARKERS[fixture])
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -168,3 +220,55 @@ def mlflow_registry(mlflow_template, tmp_path) -> str:
     from tests.helpers import seed_mlflow_registry
 
     return seed_mlflow_registry(mlflow_template, tmp_path / "mlflow.db")
+
+
+@pytest.fixture(scope="session")
+def airflow_env(tmp_path_factory, request):
+    """Airflow with its own $SHARDTRAIN_HOME (stage, default registry, example data) whose
+    local head is the session's: its ``cluster`` folder (record, lock, token) is the session
+    home's, so DAG runs find and join that head as they would their own (starting a second
+    head cost ~10 s and a core's tenth all session). The default registry starts as a copy of
+    an empty one: MLflow's first-use creation is tests/integration/core/test_registry*.py's subject.
+
+    ``airflow db migrate`` runs while the session's head and registry template are made."""
+    from tests.helpers import REPO, AirflowEnv, seed_mlflow_registry
+
+    root = tmp_path_factory.mktemp("airflow")
+    dags = root / "dags"
+    shutil.copytree(REPO / "dags", dags)
+    env = AirflowEnv(root / "home", dags, root / "shardtrain")
+    migrate = subprocess.Popen(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        env=env.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        ray_head = request.getfixturevalue("ray_head")
+        template = request.getfixturevalue("mlflow_template")
+        output, _ = migrate.communicate(timeout=300)
+    finally:
+        if migrate.poll() is None:
+            migrate.kill()
+            migrate.communicate()
+    assert migrate.returncode == 0, output[-4000:]
+    env.shardtrain_home.mkdir()
+    (env.shardtrain_home / "cluster").symlink_to(ray_head.cluster_dir, target_is_directory=True)
+    seed_mlflow_registry(template, env.shardtrain_home / "mlflow" / "mlflow.db")
+    return env
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def api(prefect_harness):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        yield client

@@ -4,9 +4,13 @@ Snowpark sessions are still open. Fixtures that start services live in ``tests/c
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import signal
+import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -123,3 +127,56 @@ def kill_rank_once_checkpointed(stage: Path, rank: int = 1) -> tuple[threading.T
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     return thread, killed
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class AirflowEnv:
+    def __init__(self, home: Path, dags: Path, shardtrain_home: Path) -> None:
+        self.home, self.dags, self.shardtrain_home = home, dags, shardtrain_home
+        self.env = dict(
+            os.environ,
+            AIRFLOW_HOME=str(home),
+            AIRFLOW__CORE__DAGS_FOLDER=str(dags),
+            AIRFLOW__CORE__LOAD_EXAMPLES="False",
+            SHARDTRAIN_HOME=str(shardtrain_home),
+            # Warm worker groups outlive a DAG run for the next one (idle groups give way at
+            # once to a fit or job that needs their CPUs).
+            SHARDTRAIN_WORKER_IDLE_S="120",
+        )
+        self.env.pop("RAY_ADDRESS", None)
+        self.outputs: dict[str, str] = {}  # dag.test() streams the task logs to the console
+        self.last_output = ""  # the latest run's: a failed task shows only there
+
+    def run_dag(self, filename: str, extra_env: dict | None = None, timeout: int = 400):
+        result = subprocess.run(
+            [sys.executable, str(self.dags / filename)],
+            cwd=REPO,
+            env={**self.env, **(extra_env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert result.returncode == 0, (result.stdout[-4000:], result.stderr[-4000:])
+        self.outputs[filename] = self.last_output = result.stdout + result.stderr
+        return self.outputs[filename]
+
+    def query(self, sql: str, *args):
+        with sqlite3.connect(self.home / "airflow.db") as db:
+            return db.execute(sql, args).fetchall()
+
+    def xcom(self, dag_id: str, task_id: str, key: str = "return_value"):
+        rows = self.query(
+            "select value from xcom where dag_id=? and task_id=? and key=? order by run_id desc",
+            dag_id,
+            task_id,
+            key,
+        )
+        assert rows, (f"no XCom {key} for {dag_id}.{task_id}", self.last_output[-4000:])
+        return json.loads(rows[0][0])
+
+    def logs(self) -> str:
+        return "\n".join(
+            p.read_text(errors="replace") for p in (self.home / "logs").rglob("*") if p.is_file()
+        )

@@ -1,0 +1,27 @@
+"""The collection is found by Prefect, and its blocks save and load through the real API."""
+
+from __future__ import annotations
+
+from prefect.blocks.core import Block
+from prefect.plugins import load_prefect_collections
+from prefect.utilities.dispatch import lookup_type
+
+from prefect_shardtrain import ModelStage, RayCluster
+
+
+def test_collection_entry_point_registers_the_blocks():
+    assert "prefect_shardtrain" in load_prefect_collections()
+    assert lookup_type(Block, "shardtrain-ray-cluster") is RayCluster
+    assert lookup_type(Block, "shardtrain-model-stage") is ModelStage
+
+
+def test_blocks_round_trip_through_the_api_with_secrets_kept_secret(prefect_harness):
+    RayCluster(address="ray://head:10001", namespace="training").save("test-ray", overwrite=True)
+    ModelStage(uri="s3://bucket/models", storage_options={"secret": "s3-value-1234"}).save(
+        "test-stage", overwrite=True
+    )
+    cluster = RayCluster.load("test-ray")
+    stage = ModelStage.load("test-stage")
+    assert cluster.address == "ray://head:10001" and cluster.namespace == "training"
+    assert stage.options() == {"secret": "s3-value-1234"}
+    assert "s3-value-1234" not in repr(stage) and "s3-value-1234" not in str(stage.model_dump())

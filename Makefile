@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYPROJECTS := core/pyproject.toml airflow_provider/pyproject.toml prefect_collection/pyproject.toml
 
-.PHONY: venv demo test lint bench constraints clean
+.PHONY: venv demo test test-unit test-integration test-system lint bench constraints clean
 
 venv: $(STAMP)
 
@@ -25,9 +25,22 @@ demo: $(STAMP)
 	test -f .demo/airflow/airflow.db || $(DEMO_AIRFLOW) $(VENV)/bin/airflow db migrate
 	$(DEMO_AIRFLOW) $(PY) dags/xgboost_training.py
 
+# Everything: lint and the three layers (the README's and CI's command).
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+# The quick loop: logic only, no Ray, no subprocess, no network (tests/unit).
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit -q
+
+# The session's Ray head, dag.test() in process, the Prefect harness, moto, Snowpark local_testing.
+test-integration: $(STAMP)
+	$(PY) -m pytest tests/integration -q
+
+# Real processes end to end: example DAGs as scripts, served flows, Ray Jobs, killed processes.
+test-system: $(STAMP)
+	$(PY) -m pytest tests/system -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -10,7 +10,8 @@ Datasets are named by ``shardtrain.integrations.lineage`` (the OpenLineage namin
 the Snowflake account, database and schema of the task's Snowflake connection, as the
 Snowflake provider's own SQL operators name them, so that the table a SQL task writes and
 the table a training task reads are one dataset. Facets carry no secret: URLs are redacted,
-secret-named parameters dropped, and the provider masks whatever Airflow knows as secret.
+secret-named parameters dropped (``shardtrain.secrets``' one rule, applied again here to
+whatever reaches a facet), and the provider masks whatever Airflow knows as secret.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ from shardtrain.integrations.lineage import (
     TrainingLineage,
     query_tables,
     registry_dataset,
+    safe_params,
     stage_dataset,
 )
+from shardtrain.secrets import redact_text
 
 #: Facet names (keys of a dataset's ``facets``).
 MODEL_FACET = "shardtrain_model"
@@ -168,7 +171,7 @@ def training_lineage(lineage: TrainingLineage, *, published: bool) -> OperatorLi
         model_facets[MODEL_FACET] = ShardtrainModelDatasetFacet(
             framework=facts["framework"],
             requestId=facts["requestId"],
-            params=facts.get("params", {}),
+            params=safe_params(facts.get("params", {})),
             metrics=facts.get("metrics", {}),
             numRows=facts.get("numRows", {}),
         )
@@ -184,8 +187,8 @@ def registration_lineage(
         registry=registered.registry,
         name=registered.name,
         version=registered.version,
-        modelUri=registered.model_uri,
-        sourceUri=registered.source_uri,
+        modelUri=redact_text(registered.model_uri),
+        sourceUri=redact_text(registered.source_uri),
         requestId=registered.request_id,
         created=registered.created,
     )

@@ -3,7 +3,8 @@ a progress bar that moves while the fit runs, and a link to the Ray dashboard.
 
 The progress comes from core's observer interface (``shardtrain.runtime.progress``): core
 knows nothing of Prefect, and a task run as a Ray Job reads the same progress back from the
-job's log lines.
+job's log lines. What an artifact shows goes through ``shardtrain.secrets``' ``redact_text``
+first: a URL's user info or a signed URL's signature never reaches the Prefect UI.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from prefect.artifacts import (
 from shardtrain import ModelArtifact
 from shardtrain.model.curves import curves_uri
 from shardtrain.runtime.progress import Progress, observe_progress
+from shardtrain.secrets import redact_text
 from shardtrain.stage.urls import browse_url
 
 
@@ -39,13 +41,14 @@ def publish_curves(artifact: ModelArtifact) -> None:
     if uri is None:
         return
     key = f"curves-{artifact_key(artifact.request_id)}"
-    description = f"Training curves of {artifact.uri}"
+    description = redact_text(f"Training curves of {artifact.uri}")
+    shown = redact_text(uri)
     url = browse_url(uri, is_file=True)
     if url:
-        create_image_artifact(image_url=url, key=key, description=description)
+        create_image_artifact(image_url=redact_text(url), key=key, description=description)
     else:
         create_markdown_artifact(
-            markdown=f"**Training curves** of the {artifact.framework} model: `{uri}`",
+            markdown=f"**Training curves** of the {artifact.framework} model: `{shown}`",
             key=key,
             description=description,
         )
@@ -55,8 +58,8 @@ def publish_dashboard(request_id: str, url: str, text: str = "Ray dashboard") ->
     """A link artifact to the Ray dashboard (or the job's page); nothing without one."""
     if url:
         create_link_artifact(
-            link=url,
-            link_text=text,
+            link=redact_text(url),
+            link_text=redact_text(text),
             key=f"ray-dashboard-{artifact_key(request_id)}",
             description="The Ray cluster training this model",
         )

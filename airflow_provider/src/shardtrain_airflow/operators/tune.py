@@ -19,6 +19,7 @@ from shardtrain.errors import ConfigError
 from shardtrain.integrations import DataSpec, connector_from_spec, resolve_callable
 from shardtrain.modeling.tune import Tuner, TunerConfig
 from shardtrain.modeling.tune.search import search_algorithm
+from shardtrain.secrets import redact
 from shardtrain_airflow.hooks.ray import RayHook
 from shardtrain_airflow.hooks.snowpark import optional_session
 from shardtrain_airflow.library_logs import library_logs
@@ -128,7 +129,9 @@ class TuneOperator(BaseOperator):
             len(results.results),
             self.metric,
             best[self.metric],
-            {k[len("config/") :]: best[k] for k in best.index if str(k).startswith("config/")},
+            redact(
+                {k[len("config/") :]: best[k] for k in best.index if str(k).startswith("config/")}
+            ),
         )
         if results.artifact is not None:
             self.log.info("best model published to %s", results.artifact.uri)

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shardtrain.errors import redact_url
-from shardtrain.integrations.spec import SECRET_KEYS, DataSpec, TrainingSpec, is_snowflake_stage
+from shardtrain.integrations.spec import DataSpec, TrainingSpec, is_snowflake_stage
+from shardtrain.secrets import redact
 from shardtrain.stage import default_stage_uri
 from shardtrain.stage.base import join
 from shardtrain.stage.snowflake import parse_stage_uri
@@ -228,17 +229,9 @@ def model_location(spec: TrainingSpec) -> str:
 
 
 def safe_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Parameters fit to show anywhere: secret-named keys dropped, URLs redacted."""
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        if str(key).lower() in SECRET_KEYS:
-            continue
-        if isinstance(value, Mapping):
-            value = safe_params(value)
-        elif isinstance(value, str):
-            value = redact_url(value)
-        out[str(key)] = value
-    return out
+    """Parameters fit to show anywhere: secret-named keys dropped, every value's credentials
+    (a URL's user info, tokens, keys) masked, by ``shardtrain.secrets``' one rule."""
+    return {str(key): value for key, value in redact(dict(params), drop=True).items()}
 
 
 def model_facts(artifact: Any = None, spec: TrainingSpec | None = None) -> dict[str, Any]:

@@ -19,29 +19,13 @@ from shardtrain.errors import ConfigError
 from shardtrain.integrations.build import failure_config, scaling_config
 from shardtrain.model.artifact import check_request_id
 from shardtrain.model.frameworks import FRAMEWORKS, SPECS
+from shardtrain.secrets import refuse_secrets, secret_value_kind
 from shardtrain.stage.snowflake import parse_stage_uri
 
 #: Tabular frameworks take train/eval data and columns; the others a train function.
 BOOSTING = tuple(name for name in FRAMEWORKS if SPECS[name].tabular)
 DATA_KINDS = ("table", "query", "path")
 
-#: Keys that hold credentials: a spec refuses them wherever they appear.
-SECRET_KEYS = frozenset(
-    {
-        "password",
-        "passphrase",
-        "private_key",
-        "private_key_passphrase",
-        "private_key_file_pwd",
-        "token",
-        "secret",
-        "secret_key",
-        "aws_secret_access_key",
-        "storage_options",
-        "credentials",
-    }
-)
-_URL_CREDENTIALS = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@\s]*:[^/@\s]*@")
 _DOTTED = re.compile(r"^[A-Za-z_][\w.]*[.:][A-Za-z_][\w.]*$")
 
 
@@ -54,10 +38,13 @@ def is_snowflake_stage(uri: str | None) -> bool:
 
 
 def _no_credentials_in_url(value: str, what: str) -> None:
-    if _URL_CREDENTIALS.match(value):
+    kind = secret_value_kind(value)
+    if kind:
         raise ConfigError(
-            f"{what} carries credentials in its URL; a spec never holds secrets: drop the "
-            "user:password@ part and pass storage_options to run_training instead."
+            f"{what} carries credentials in its URL ({kind}); a spec never holds secrets: "
+            "drop the user:password@ part (or the signature) and pass storage_options (or "
+            "session) to run_training, or give the cluster its credentials in its own "
+            "environment, instead."
         )
 
 
@@ -134,21 +121,6 @@ def _plain(value: Any, what: str) -> Any:
         return json.loads(json.dumps(value))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{what} must hold plain JSON values only: {exc}") from exc
-
-
-def _check_no_secrets(value: Any, what: str) -> None:
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if str(key).lower() in SECRET_KEYS:
-                raise ConfigError(
-                    f"{what} has a {key!r} entry; a spec never holds secrets: pass "
-                    "credentials to run_training (session=, storage_options=) or name a "
-                    "Snowflake connection with snowflake_connection."
-                )
-            _check_no_secrets(item, f"{what}[{key!r}]")
-    elif isinstance(value, list):
-        for item in value:
-            _check_no_secrets(item, what)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -241,7 +213,7 @@ class TrainingSpec:
         if self.artifact_stage_location:
             _no_credentials_in_url(self.artifact_stage_location, "artifact_stage_location")
         for name in ("params", "hyper_params", "scaling_config", "failure_config"):
-            _check_no_secrets(getattr(self, name), name)
+            refuse_secrets(getattr(self, name), name)
         if self.framework in BOOSTING:
             self._validate_boosting()
         else:

@@ -15,11 +15,8 @@ from typing import Any
 
 from shardtrain.errors import ConfigError, JobServerError
 from shardtrain.runtime import local_cluster
+from shardtrain.secrets import redact_text, refuse_secrets
 
-#: runtime_env env var names that look like credentials. The job server shows a job's
-#: runtime_env to anyone who can open the dashboard, so credentials must come from the
-#: cluster's side (a named Snowflake connection, the pod's environment), never from here.
-_SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|PRIVATE_KEY|ACCESS_KEY|CREDENTIAL", re.I)
 _RUNTIME_ENV_KEYS = ("pip", "uv", "conda", "working_dir", "py_modules", "env_vars", "excludes")
 
 
@@ -52,9 +49,10 @@ class JobTarget:
 
     def __post_init__(self) -> None:
         if not isinstance(self.address, str) or not re.match(r"^https?://[^/\s]+", self.address):
+            shown = redact_text(self.address) if isinstance(self.address, str) else self.address
             raise ConfigError(
                 f"a Ray job server address looks like 'http://head:8265' (the dashboard's "
-                f"address), got {self.address!r}."
+                f"address), got {shown!r}."
             )
         object.__setattr__(self, "address", self.address.rstrip("/"))
         if not isinstance(self.runtime_env, Mapping):
@@ -65,16 +63,9 @@ class JobTarget:
                 f"runtime_env keys {unknown} are not supported for jobs; use "
                 f"{list(_RUNTIME_ENV_KEYS)}."
             )
-        secrets = sorted(
-            k for k in self.runtime_env.get("env_vars") or {} if _SECRET_NAME.search(k)
-        )
-        if secrets:
-            raise ConfigError(
-                f"runtime_env env_vars {secrets} look like credentials; the Ray dashboard shows "
-                "a job's runtime_env to anyone who can open it. Give the cluster its credentials "
-                "on its own side (a named Snowflake connection in connections.toml, the pod's "
-                "environment or an instance role) instead."
-            )
+        # The job server shows a job's runtime_env (env_vars, pip URLs, working_dir) to
+        # anyone who can open the dashboard: credentials come from the cluster's side.
+        refuse_secrets(self.runtime_env, "runtime_env")
         if not isinstance(self.python, str) or not self.python.strip():
             raise ConfigError(f"python must be an interpreter name or path, got {self.python!r}.")
 
@@ -92,7 +83,7 @@ class JobTarget:
 
     def dashboard_link(self, submission_id: str) -> str:
         """The job's page in the Ray dashboard."""
-        return f"{self.address}/#/jobs/{submission_id}"
+        return f"{redact_text(self.address)}/#/jobs/{submission_id}"  # shown: no user info
 
     def client(self):
         """A ``JobSubmissionClient`` for this server; ``JobServerError`` when none answers."""
@@ -102,10 +93,11 @@ class JobTarget:
             return JobSubmissionClient(self.address, headers=dict(self.headers) or None)
         except Exception as exc:  # requests' ConnectionError, Ray's RuntimeError, ...
             raise JobServerError(
-                f"no Ray job server answers at {self.address} ({type(exc).__name__}: "
-                f"{_first_line(exc)}). Check that the cluster is up and that the address is "
-                "its dashboard address (port 8265 by default), not the Ray Client or GCS port.",
-                address=self.address,
+                f"no Ray job server answers at {redact_text(self.address)} "
+                f"({type(exc).__name__}: {redact_text(_first_line(exc))}). Check that the "
+                "cluster is up and that the address is its dashboard address (port 8265 by "
+                "default), not the Ray Client or GCS port.",
+                address=redact_text(self.address),
             ) from exc
 
 

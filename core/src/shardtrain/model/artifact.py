@@ -1,7 +1,9 @@
 """ModelArtifact: the JSON-safe record of a published model, passed between tasks.
 
 It is what an Airflow operator pushes to XCom and a Prefect task returns: where the model is,
-what it is, how well it did, and what it was trained on; never credentials.
+what it is, how well it did, and what it was trained on; never credentials: its ``params``
+and ``source`` are redacted on construction (``shardtrain.secrets``), so the manifest written
+from it, the lineage and the registry that read it never hold one either.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from shardtrain.errors import ConfigError
 from shardtrain.model.frameworks import FRAMEWORKS, spec
+from shardtrain.secrets import redact
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
@@ -77,6 +80,10 @@ class ModelArtifact:
     def __post_init__(self) -> None:
         spec(self.framework)  # refuses an unknown framework
         check_request_id(self.request_id)
+        # A train function may take a token in its hyper-parameters in process; the record
+        # of the model, which is written and shown everywhere, says only that it was there.
+        for name in ("params", "source"):
+            object.__setattr__(self, name, redact(getattr(self, name)))
         try:
             json.dumps(self.to_dict(), allow_nan=True)
         except TypeError as exc:

@@ -38,6 +38,7 @@ from shardtrain.model.artifact import ModelArtifact, check_request_id
 from shardtrain.modeling.tune.context import load_reported_model, run_trial
 from shardtrain.modeling.tune.search import RandomSearch, SearchAlgorithm
 from shardtrain.modeling.tune.search_space import check_search_space
+from shardtrain.secrets import MASK, is_secret_name, redact
 
 logger = logging.getLogger("shardtrain")
 
@@ -157,8 +158,9 @@ class TunerResults:
         base = self.artifact.to_dict() if self.artifact is not None else {}
         return {
             **base,
-            "trials": records(self.results),
-            "best_result": records(self.best_result)[0] if len(self.best_result) else None,
+            # what leaves the process (XCom, a Prefect result and table): credentials masked
+            "trials": redact(records(self.results)),
+            "best_result": redact(records(self.best_result)[0]) if len(self.best_result) else None,
             "metric": self.metric,
             "mode": self.mode,
         }
@@ -524,7 +526,10 @@ def _publish(frame, best_index, best, info, config, **where) -> ModelArtifact | 
     with tempfile.TemporaryDirectory(prefix="shardtrain-tune-publish-") as tmp:
         folder = Path(tmp)
         shutil.copyfile(Path(best.checkpoint.path) / model_file, folder / model_file)
-        frame.astype({"error": "string"}).to_parquet(folder / TRIALS_FILE, index=False)
+        table = frame.astype({"error": "string"})
+        for column in [c for c in table.columns if is_secret_name(c)]:
+            table[column] = MASK  # a secret-named hyper-parameter is published masked
+        table.to_parquet(folder / TRIALS_FILE, index=False)
         return publish_model(
             folder,
             framework=info["framework"],

@@ -17,6 +17,29 @@ RAY_JOB_XCOM = "ray_job"
 RAY_DASHBOARD_XCOM = "ray_dashboard"
 
 
+def xcom_value(ti_key: Any, key: str) -> Any:
+    """The task instance's XCom ``key``, or None when it has none, asked so that a missing
+    XCom logs nothing: a link is computed whenever a task ends or defers, often before its
+    XComs exist (or in a mode that never writes them), and the task supervisor logs every
+    missing XCom read as an "XCom not found" ERROR. So the XComs under ``key`` are counted
+    first (a request that answers 0 instead of 404) and only an existing one is read."""
+    from airflow.sdk.execution_time import task_runner
+    from airflow.sdk.execution_time.xcom import XCom
+
+    comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
+    if comms is not None:
+        from airflow.sdk.execution_time.comms import GetXComCount, XComCountResponse
+
+        count = comms.send(
+            GetXComCount(
+                key=key, dag_id=ti_key.dag_id, run_id=ti_key.run_id, task_id=ti_key.task_id
+            )
+        )
+        if isinstance(count, XComCountResponse) and count.len == 0:
+            return None
+    return XCom.get_value(ti_key=ti_key, key=key)
+
+
 def model_url(uri: str | None) -> str:
     """A URL a browser opens for a model location, or "" when there is none (see
     ``shardtrain.stage.urls.browse_url``: the Prefect collection's artifacts use it too)."""
@@ -29,9 +52,7 @@ class ModelLocationLink(BaseOperatorLink):
     name = "Model location"
 
     def get_link(self, operator: BaseOperator, *, ti_key: Any) -> str:
-        from airflow.sdk.execution_time.xcom import XCom
-
-        value = XCom.get_value(ti_key=ti_key, key="return_value")
+        value = xcom_value(ti_key, "return_value")
         return model_url(value.get("uri") if isinstance(value, dict) else None)
 
 
@@ -41,9 +62,7 @@ class RayJobLink(BaseOperatorLink):
     name = "Ray job"
 
     def get_link(self, operator: BaseOperator, *, ti_key: Any) -> str:
-        from airflow.sdk.execution_time.xcom import XCom
-
-        value = XCom.get_value(ti_key=ti_key, key=RAY_JOB_XCOM)
+        value = xcom_value(ti_key, RAY_JOB_XCOM)
         return (value or {}).get("dashboard_url", "") if isinstance(value, dict) else ""
 
 
@@ -54,9 +73,7 @@ class TrainingCurveLink(BaseOperatorLink):
     name = "Training curve"
 
     def get_link(self, operator: BaseOperator, *, ti_key: Any) -> str:
-        from airflow.sdk.execution_time.xcom import XCom
-
-        value = XCom.get_value(ti_key=ti_key, key="return_value")
+        value = xcom_value(ti_key, "return_value")
         uri = curves_uri(value) if isinstance(value, dict) else None
         return browse_url(uri, is_file=True)
 
@@ -68,12 +85,10 @@ class RayDashboardLink(BaseOperatorLink):
     name = "Ray dashboard"
 
     def get_link(self, operator: BaseOperator, *, ti_key: Any) -> str:
-        from airflow.sdk.execution_time.xcom import XCom
-
-        value = XCom.get_value(ti_key=ti_key, key=RAY_DASHBOARD_XCOM)
+        value = xcom_value(ti_key, RAY_DASHBOARD_XCOM)
         if isinstance(value, str) and value:
             return value
-        job = XCom.get_value(ti_key=ti_key, key=RAY_JOB_XCOM)
+        job = xcom_value(ti_key, RAY_JOB_XCOM)
         return (job or {}).get("dashboard_url", "") if isinstance(job, dict) else ""
 
 

@@ -7,6 +7,10 @@ The connection form (fields, labels, placeholders) is declared in the provider i
 from __future__ import annotations
 
 import json
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from airflow.sdk import BaseHook
@@ -14,6 +18,30 @@ from airflow.sdk import BaseHook
 from shardtrain.errors import ConfigError
 from shardtrain.integrations import connect_ray
 from shardtrain.jobs import JobTarget
+
+#: The signals whose handlers connecting to Ray must leave as they were: Airflow's task runner
+#: calls the operator's ``on_kill`` from its SIGTERM handler (mark failed, clear), and
+#: ``ray.init`` installs its own (``sys.exit``) and, in Ray's core worker, a C-level handler
+#: that dumps a stack trace to stderr (which Airflow logs at ERROR).
+KEPT_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextmanager
+def kept_signal_handlers(signals: tuple[signal.Signals, ...] = KEPT_SIGNALS) -> Iterator[None]:
+    """Restore the handlers of ``signals`` after the block (only the main thread has any).
+
+    Each handler is installed again even when Python still reports it: that also puts back
+    Python's C-level handler over any native one installed meanwhile."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:  # None: installed outside Python, cannot be put back
+                signal.signal(sig, handler)
 
 
 def _extra(extra: dict[str, Any], name: str) -> Any:
@@ -71,8 +99,11 @@ class RayHook(BaseHook):
         }
 
     def connect(self) -> None:
-        """Connect this process to the connection's cluster (no-op when already connected)."""
-        connect_ray(**self.settings())
+        """Connect this process to the connection's cluster (no-op when already connected),
+        keeping the process's SIGTERM and SIGINT handlers (``kept_signal_handlers``)."""
+        settings = self.settings()
+        with kept_signal_handlers():
+            connect_ray(**settings)
 
     def _job_fields(self) -> dict[str, Any]:
         if not self.ray_conn_id:

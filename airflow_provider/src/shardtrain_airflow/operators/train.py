@@ -11,6 +11,12 @@ Three ways to run, one result:
   waited for by ``RayJobTrigger`` in the triggerer, which streams the job's log into the task
   log; ``execute_complete`` reads the artifact from the stage's manifest.
 
+A killed task (marked failed, cleared, timed out) stops its job and waits for it to end
+(bounded); the next try never reattaches to a job whose stop shardtrain requested: it starts
+the next attempt, which resumes from the run's checkpoint. The job's log is forwarded once:
+the offset already forwarded goes with the trigger and its event, and is kept in the task's
+state store (``task_state_store``, kept across tries) for a retry that reattaches.
+
 Operators own orchestration (connections, request ids, templating, links, kill); core owns
 the work, so nothing here builds an estimator.
 """
@@ -18,6 +24,7 @@ the work, so nothing here builds an estimator.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,7 +33,8 @@ from airflow.sdk import BaseOperator
 from shardtrain.errors import ConfigError
 from shardtrain.integrations import TrainingSpec, request_id_from, run_training, shutdown_workers
 from shardtrain.integrations.spec import is_snowflake_stage
-from shardtrain.jobs import TERMINAL, JobHandle, submit
+from shardtrain.jobs import STOPPED, TERMINAL, JobHandle, JobStoppedError, submit
+from shardtrain.jobs.submit import with_stage
 from shardtrain_airflow.hooks.ray import RayHook
 from shardtrain_airflow.hooks.snowpark import optional_session
 from shardtrain_airflow.library_logs import library_logs
@@ -38,12 +46,53 @@ from shardtrain_airflow.links import (
     TrainingCurveLink,
     record_dashboard,
 )
-from shardtrain_airflow.triggers.ray_job import RayJobTrigger
+from shardtrain_airflow.triggers.ray_job import LOG_OFFSET_XCOM, RayJobTrigger
 
 try:  # Airflow 3.1+
     from airflow.sdk.configuration import conf
 except ImportError:  # pragma: no cover - Airflow 3.0
     from airflow.configuration import conf
+
+
+#: Seconds ``on_kill`` waits for a stopped job to end: Airflow's task supervisor sends SIGKILL
+#: 5 s after the SIGTERM that runs ``on_kill``.
+KILL_STOP_WAIT_S = 4.0
+#: How many new jobs one try starts after finding its job stopped by an earlier try's kill.
+MAX_RESTARTS_AFTER_STOP = 3
+#: Key, in the task's state store, of the job's log offset: ``{"submission_id", "offset"}``.
+LOG_OFFSET_STATE = "shardtrain_ray_job_log"
+
+
+def _state_store(context: Any) -> Any:
+    try:
+        return context["task_state_store"]  # Airflow 3.3+: kept across a task's tries
+    except (KeyError, TypeError):
+        return None
+
+
+def saved_log_offset(context: Any, submission_id: str) -> int:
+    """Characters of ``submission_id``'s log an earlier try (or trigger) forwarded."""
+    store = _state_store(context)
+    if store is None:
+        return 0
+    try:
+        value = store.get(LOG_OFFSET_STATE)
+    except Exception:  # noqa: BLE001 - no state store: forward from the start
+        logging.getLogger(__name__).debug("no task state store", exc_info=True)
+        return 0
+    if isinstance(value, dict) and value.get("submission_id") == submission_id:
+        return int(value.get("offset") or 0)
+    return 0
+
+
+def save_log_offset(context: Any, submission_id: str, offset: int) -> None:
+    store = _state_store(context)
+    if store is None:
+        return
+    try:
+        store.set(LOG_OFFSET_STATE, {"submission_id": submission_id, "offset": offset})
+    except Exception:  # noqa: BLE001 - best effort: at worst a retry forwards lines again
+        logging.getLogger(__name__).debug("could not save the log offset", exc_info=True)
 
 
 def request_id_for(ti: Any) -> str:
@@ -170,34 +219,88 @@ class TrainOperator(BaseOperator):
         spec = dataclasses.replace(spec, snowflake_connection=hook.snowflake_connection())
         spec.check_complete()
         target = hook.job_target()
+        for restart in range(MAX_RESTARTS_AFTER_STOP + 1):
+            handle = self._submit(spec, target, context)
+            if self.deferrable and handle.status() not in TERMINAL:
+                context["ti"].xcom_push(
+                    key=LOG_OFFSET_XCOM,
+                    value={"submission_id": handle.submission_id, "offset": handle.log_offset},
+                )
+                self.defer(
+                    trigger=RayJobTrigger(
+                        submission_id=handle.submission_id,
+                        spec=handle.spec.to_dict(),
+                        ray_conn_id=self.ray_conn_id,
+                        poll_interval=self.poll_interval,
+                        log_offset=handle.log_offset,
+                    ),
+                    method_name="execute_complete",
+                )
+            try:
+                handle.wait(
+                    poll_s=self.poll_interval,
+                    on_log=self._job_log,
+                    on_offset=lambda offset, sid=handle.submission_id: save_log_offset(
+                        context, sid, offset
+                    ),
+                )
+            except JobStoppedError:
+                if restart == MAX_RESTARTS_AFTER_STOP or not self._stopped_by_a_kill(handle):
+                    raise
+                continue
+            return self._collect(handle)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _submit(self, spec: TrainingSpec, target: Any, context: Any) -> JobHandle:
+        """Submit the spec's job, or reattach to it (from the log offset an earlier try
+        reached); record it for the links and ``on_kill``."""
         self._job = handle = submit(spec, target)
+        if handle.reattached:
+            handle.log_offset = saved_log_offset(context, handle.submission_id)
         self.log.info(
-            "%s Ray job %s: %s",
+            "%s Ray job %s (request %s): %s",
             "reattached to" if handle.reattached else "submitted",
             handle.submission_id,
+            spec.request_id,
             handle.dashboard_url,
         )
         context["ti"].xcom_push(
             key=RAY_JOB_XCOM,
             value={"submission_id": handle.submission_id, "dashboard_url": handle.dashboard_url},
         )
-        if self.deferrable and handle.status() not in TERMINAL:
-            self.defer(
-                trigger=RayJobTrigger(
-                    submission_id=handle.submission_id,
-                    spec=handle.spec.to_dict(),
-                    ray_conn_id=self.ray_conn_id,
-                    poll_interval=self.poll_interval,
-                ),
-                method_name="execute_complete",
-            )
-        handle.wait(poll_s=self.poll_interval, on_log=self._job_log)
-        return self._collect(handle)
+        return handle
+
+    def _stopped_by_a_kill(self, handle: JobHandle) -> bool:
+        """A job that ended STOPPED because an earlier try was killed (shardtrain asked for
+        the stop; this try was not killed, or it would not be here): start the next attempt.
+        A job a user stopped on the cluster fails the task."""
+        if not handle.stop_requested():
+            return False
+        self.log.info(
+            "Ray job %s (request %s) was stopped by the kill of an earlier try: starting the "
+            "next attempt",
+            handle.submission_id,
+            handle.spec.request_id,
+        )
+        return True
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any] | None:
         """Back from the triggerer: the job ended; its model comes from the stage."""
-        spec = TrainingSpec.from_dict(event["spec"])
-        handle = JobHandle(event["submission_id"], spec, RayHook(self.ray_conn_id).job_target())
+        hook = RayHook(self.ray_conn_id)
+        target = hook.job_target()
+        if "spec" in event:  # an event of an earlier version of the trigger
+            spec = TrainingSpec.from_dict(event["spec"])
+        else:
+            spec = self.training_spec(context)
+            spec = dataclasses.replace(spec, snowflake_connection=hook.snowflake_connection())
+            spec = with_stage(spec, target)
+        handle = JobHandle(event["submission_id"], spec, target)
+        self._job = handle
+        if "log_offset" in event:
+            handle.log_offset = int(event["log_offset"])
+            save_log_offset(context, handle.submission_id, handle.log_offset)
+        if event["status"] == STOPPED and self._stopped_by_a_kill(handle):
+            return self._execute_as_job(spec, context)
         return self._collect(handle, event["status"])
 
     def _collect(self, handle: JobHandle, status: str | None = None) -> dict[str, Any] | None:
@@ -221,10 +324,25 @@ class TrainOperator(BaseOperator):
 
     def on_kill(self) -> None:
         """The task is being killed (marked failed, cleared, timed out): stop the Ray job so
-        it publishes nothing, or tear down this process's workers."""
-        if self._job is not None:
-            self._job.cancel()
-            self.log.info("stopped Ray job %s", self._job.submission_id)
+        it publishes nothing (waiting at most ``KILL_STOP_WAIT_S`` for it to end), or tear
+        down this process's workers."""
+        job = self._job
+        if job is not None:
+            self.log.info(
+                "on_kill: stopping Ray job %s (request %s)", job.submission_id, job.spec.request_id
+            )
+            status = job.stop(wait_s=KILL_STOP_WAIT_S)
+            if status in TERMINAL:
+                self.log.info("on_kill: Ray job %s ended %s", job.submission_id, status)
+            else:
+                self.log.warning(
+                    "on_kill: Ray job %s still %s %.0f s after its stop was requested",
+                    job.submission_id,
+                    status,
+                    KILL_STOP_WAIT_S,
+                )
+        else:
+            self.log.info("on_kill: stopping this process's Ray workers")
         shutdown_workers()
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:

@@ -7,6 +7,8 @@ request's model.
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +33,43 @@ PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED = (
 TERMINAL = frozenset({SUCCEEDED, FAILED, STOPPED})
 #: Lines of the job's log a failure message carries.
 LOG_TAIL_LINES = 20
+#: A forwarded log line longer than this is cut (with a marker saying how much was cut).
+MAX_LOG_LINE_CHARS = 2000
+#: Seconds ``stop()`` waits by default for a stopped job to reach a terminal state (Ray's job
+#: server stops the driver with SIGTERM, then SIGKILL after 3 s).
+STOP_WAIT_S = 20.0
+#: A stop that shardtrain requested is recorded as a marker job named after the stopped job
+#: (``<submission id>-stop``, a no-op): ``submit`` never reattaches to a job that has one, and
+#: a try that finds its job STOPPED by an earlier try's kill starts the next attempt.
+STOP_MARKER_SUFFIX = "-stop"
+
+logger = logging.getLogger("shardtrain.jobs")
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
+#: Ray's first line of a job's log names the whole entrypoint, the spec's JSON included.
+_SPEC_ARG = re.compile(r"""--spec\s+('(?:[^']|'"'"')*'|\S+)""")
+_REQUEST = re.compile(r'"request_id":\s*"([^"]*)"')
+
+
+def clean_log_line(line: str, *, max_chars: int = MAX_LOG_LINE_CHARS) -> str:
+    """A job log line as shardtrain forwards it: ANSI colour codes stripped, an entrypoint's
+    ``--spec '<JSON>'`` shortened to the request id, and at most ``max_chars`` characters."""
+    line = _ANSI.sub("", line)
+    if "--spec" in line:
+
+        def short(match: re.Match) -> str:
+            request = _REQUEST.search(match.group(1))
+            return f"--spec <TrainingSpec of request {request.group(1) if request else '?'}>"
+
+        line = _SPEC_ARG.sub(short, line)
+    if len(line) > max_chars:
+        line = f"{line[:max_chars]}... [{len(line) - max_chars} more characters cut]"
+    return line
+
+
+def stop_marker_id(submission_id: str) -> str:
+    """The submission id of the marker that records a stop shardtrain requested."""
+    return f"{submission_id}{STOP_MARKER_SUFFIX}"
 
 
 @dataclass
@@ -42,13 +81,15 @@ class JobHandle:
         spec: what the job trains (its request id and stage locate the result).
         target: the job server.
         reattached: True when submit found this job already there instead of starting it.
+        log_offset: characters of the job's log already forwarded (by this handle, an earlier
+            try or a trigger): ``new_log_lines`` starts there.
     """
 
     submission_id: str
     spec: TrainingSpec
     target: JobTarget
     reattached: bool = False
-    _log_offset: int = field(default=0, repr=False)
+    log_offset: int = field(default=0, repr=False)
     _client: Any = field(default=None, repr=False)
 
     @property
@@ -83,10 +124,22 @@ class JobHandle:
             ) from exc
 
     def logs(self) -> str:
-        """What the job logged since the previous call (the whole log on the first)."""
+        """What the job logged since the previous call (from ``log_offset`` on the first)."""
         text = self.all_logs()
-        new, self._log_offset = text[self._log_offset :], len(text)
+        new, self.log_offset = text[self.log_offset :], len(text)
         return new
+
+    def new_log_lines(self, *, final: bool = False) -> list[str]:
+        """The complete lines the job logged past ``log_offset``, cleaned (``clean_log_line``),
+        and the offset moved past them; a line still being written waits for its newline
+        unless ``final`` (the job has ended)."""
+        text = self.all_logs()
+        new = text[self.log_offset :]
+        if not final:
+            end = new.rfind("\n") + 1
+            new = new[:end]
+        self.log_offset += len(new)
+        return [clean_log_line(line) for line in new.splitlines()]
 
     def wait(
         self,
@@ -94,8 +147,11 @@ class JobHandle:
         timeout_s: float | None = None,
         poll_s: float = 1.0,
         on_log: Callable[[str], None] | None = None,
+        on_offset: Callable[[int], None] | None = None,
     ) -> str:
-        """Block until the job ends; forward new log lines to ``on_log`` as they come.
+        """Block until the job ends; forward new log lines (from ``log_offset`` on, cleaned)
+        to ``on_log`` as they come, then tell ``on_offset`` the new offset (to keep it where a
+        later try finds it).
 
         Returns SUCCEEDED; raises ``JobFailedError`` / ``JobStoppedError`` otherwise and
         ``TimeoutError`` after ``timeout_s`` (the job keeps running).
@@ -104,8 +160,11 @@ class JobHandle:
         while True:
             status = self.status()
             if on_log is not None:
-                for line in self.logs().splitlines():
+                lines = self.new_log_lines(final=status in TERMINAL)
+                for line in lines:
                     on_log(line)
+                if lines and on_offset is not None:
+                    on_offset(self.log_offset)
             if status in TERMINAL:
                 self.raise_for_status(status)
                 return status
@@ -121,7 +180,7 @@ class JobHandle:
         status = status or self.status()
         if status == SUCCEEDED or status not in TERMINAL:
             return
-        tail = "\n".join(self.all_logs().splitlines()[-LOG_TAIL_LINES:])
+        tail = "\n".join(clean_log_line(x) for x in self.all_logs().splitlines()[-LOG_TAIL_LINES:])
         error = JobStoppedError if status == STOPPED else JobFailedError
         what = "was stopped before it finished" if status == STOPPED else "failed"
         raise error(
@@ -133,12 +192,64 @@ class JobHandle:
         )
 
     def cancel(self) -> bool:
-        """Stop the job (True when it was still running). A stopped job publishes nothing."""
+        """Ask the job server to stop the job (True when it was still running) and record that
+        shardtrain asked (``stop_requested``); returns at once, the job ends a little later
+        (``stop`` waits for it). A stopped job publishes nothing."""
+        self._mark_stop_requested()
         try:
             return bool(self.client.stop_job(self.submission_id))
         except RuntimeError as exc:
             raise JobServerError(
                 f"could not stop job {self.submission_id}: {exc}", address=self.target.address
+            ) from exc
+
+    def stop(self, *, wait_s: float = STOP_WAIT_S, poll_s: float = 0.25) -> str:
+        """Stop the job and wait, at most ``wait_s`` seconds, until it has ended; returns its
+        status then (not terminal when the bound expired, which is logged)."""
+        self.cancel()
+        deadline = time.monotonic() + wait_s
+        while True:
+            status = self.status()
+            if status in TERMINAL:
+                return status
+            if time.monotonic() >= deadline:
+                logger.warning(
+                    "job %s (request %s) still %s %.0f s after its stop was requested; "
+                    "not waiting longer",
+                    self.submission_id,
+                    self.spec.request_id,
+                    status,
+                    wait_s,
+                )
+                return status
+            time.sleep(poll_s)
+
+    def _mark_stop_requested(self) -> None:
+        try:
+            self.client.submit_job(
+                entrypoint="true",
+                submission_id=stop_marker_id(self.submission_id),
+                metadata={"shardtrain_stop_of": self.submission_id},
+                entrypoint_num_cpus=0,
+            )
+        except RuntimeError as exc:
+            if "already exists" not in str(exc):
+                logger.warning(
+                    "could not record the stop of job %s: %s",
+                    self.submission_id,
+                    str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__,
+                )
+
+    def stop_requested(self) -> bool:
+        """Whether shardtrain asked for this job to stop (a kill of the task or run that ran
+        it), as opposed to a user stopping it on the cluster."""
+        marker = stop_marker_id(self.submission_id)
+        try:
+            return any(job.submission_id == marker for job in self.client.list_jobs())
+        except RuntimeError as exc:
+            raise JobServerError(
+                f"could not list the jobs of {self.target.address}: {exc}",
+                address=self.target.address,
             ) from exc
 
     def result(

@@ -3,7 +3,8 @@
 Submission ids derive from the request id: ``shardtrain-<request_id>-<n>``. Submitting a
 request whose job is pending, running or has succeeded returns a handle on that job (a
 retried or restarted orchestrator task reattaches instead of training twice). Only when every
-earlier job of the request failed or was stopped does a new job start (attempt ``n + 1``),
+earlier job of the request failed, was stopped or is being stopped at shardtrain's request (a
+killed task's ``JobHandle.cancel``: its stop marker) does a new job start (attempt ``n + 1``),
 which resumes from the run's checkpoint. Two submitters racing for the same attempt end on
 one job: the job server refuses the second submission id and the loser reattaches.
 """
@@ -17,7 +18,7 @@ import shlex
 
 from shardtrain.errors import ConfigError, JobServerError
 from shardtrain.integrations import TrainingSpec
-from shardtrain.jobs.handle import FAILED, STOPPED, JobHandle
+from shardtrain.jobs.handle import FAILED, STOP_MARKER_SUFFIX, STOPPED, JobHandle
 from shardtrain.jobs.target import JobTarget
 from shardtrain.stage import default_stage_uri
 
@@ -37,18 +38,28 @@ def entrypoint(spec: TrainingSpec, python: str) -> str:
 
 
 def _jobs_of(client, request_id: str) -> list[tuple[int, str, str]]:
-    """(attempt, submission id, status) of every job of ``request_id``, oldest first."""
+    """(attempt, submission id, status) of every job of ``request_id``, oldest first; a job
+    whose stop shardtrain requested counts as STOPPED even while it is still ending."""
     stem = f"{PREFIX}{request_id}-"
-    found = []
+    found, stopping = [], set()
     for job in client.list_jobs():
         sid = job.submission_id or ""
+        if sid.startswith(stem) and sid.endswith(STOP_MARKER_SUFFIX):
+            stopping.add(sid[: -len(STOP_MARKER_SUFFIX)])
+            continue
         match = _ATTEMPT.search(sid)
         if sid.startswith(stem) and match and sid[: match.start()] + "-" == stem:
             found.append((int(match.group(1)), sid, str(job.status)))
+    for i, (n, sid, status) in enumerate(found):
+        if sid in stopping and status not in (FAILED, STOPPED):
+            logger.info("job %s of request %s is being stopped: not reattaching", sid, request_id)
+            found[i] = (n, sid, STOPPED)
     return sorted(found)
 
 
-def _with_stage(spec: TrainingSpec, target: JobTarget) -> TrainingSpec:
+def with_stage(spec: TrainingSpec, target: JobTarget) -> TrainingSpec:
+    """``spec`` as a job on ``target`` runs it: with the stage pinned (a local cluster's
+    default stage when the spec names none)."""
     if spec.artifact_stage_location is not None:
         return spec
     if not target.is_local:
@@ -74,7 +85,7 @@ def submit(spec: TrainingSpec, target: JobTarget | None = None) -> JobHandle:
             "a PyTorch job needs train_func as an importable dotted path ('pkg.module:func') "
             "that the cluster can import; a function object cannot travel in a job spec."
         )
-    spec = _with_stage(spec, target)
+    spec = with_stage(spec, target)
     text = entrypoint(spec, target.python)  # serialises the spec: refuses what JSON cannot hold
     client = target.client()
     for _ in range(5):  # a lost race moves on to the winner's job

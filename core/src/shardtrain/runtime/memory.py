@@ -72,6 +72,7 @@ class MemoryPlan:
 
     budget: int
     source: str
+    #: Each rank's rows, training and eval together (``time per rank`` counts training rows).
     rows: tuple[int, ...]
     in_memory_bytes: tuple[int, ...]
     streaming_bytes: tuple[int, ...]
@@ -93,7 +94,8 @@ class MemoryPlan:
         )
         return (
             f"memory budget {gib(self.budget)} per worker ({self.source}); largest shard: rank "
-            f"{worst}, {self.rows[worst]} rows, {gib(self.in_memory_bytes[worst])} in memory: "
+            f"{worst}, {self.rows[worst]} rows of training + eval data, "
+            f"{gib(self.in_memory_bytes[worst])} in memory: "
             f"training {mode}"
         )
 

@@ -109,6 +109,17 @@ CLUSTER_START_TIMEOUT_S = Knob(
     "seconds to wait for the local head to start, or for another process starting it.",
     float,
 )
+CLUSTER_ENV_ALLOW = Knob(
+    "SHARDTRAIN_CLUSTER_ENV_ALLOW",
+    (),
+    "comma-separated names of further environment variables the local head (and so every "
+    "Ray job and worker on it) takes from the process that starts it, e.g. "
+    "'AWS_REGION,MY_SETTING' (read when the head starts). The head starts from an allowlist "
+    "(PATH, HOME, locale, TMPDIR, PYTHONPATH, VIRTUAL_ENV, RAY_*, thread settings, CUDA_*, "
+    "SHARDTRAIN_*...: runtime.cluster_env), because the head outlives the task that starts "
+    "it; AIRFLOW_*, PREFECT_* and secret-named variables are refused even when named here.",
+    lambda v: tuple(name.strip() for name in v.split(",") if name.strip()),
+)
 EXTMEM_DIR = Knob(
     "SHARDTRAIN_EXTMEM_DIR",
     None,
@@ -128,5 +139,6 @@ KNOBS: tuple[Knob, ...] = (
     CLUSTER_IDLE_S,
     CLUSTER_NUM_CPUS,
     CLUSTER_START_TIMEOUT_S,
+    CLUSTER_ENV_ALLOW,
     EXTMEM_DIR,
 )

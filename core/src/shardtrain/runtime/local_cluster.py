@@ -8,6 +8,14 @@ processes that start at once share one head, and a dead head's record is replace
 monitor process (``cluster_monitor``) stops the head after ``SHARDTRAIN_CLUSTER_IDLE_S``
 seconds without running jobs or connected drivers.
 
+The head outlives the process that starts it, and every job and worker on it inherits the
+head's environment: it starts from an allowlist (``cluster_env.head_environment``: what Ray
+and the frameworks need, plus ``SHARDTRAIN_CLUSTER_ENV_ALLOW``), never from the whole
+environment of the task that happened to start it (its Airflow or Prefect secrets, its
+``AIRFLOW_CTX_*``). Starting a head is logged (``shardtrain.runtime``, INFO) before and after,
+with how long it took, and so is the detached head it leaves running: once when it starts,
+and again when the process that started it exits while the head still runs.
+
 Ray 2.60 turns token authentication on for the clusters it starts. The head runs with
 ``RAY_AUTH_MODE=token`` and a token of its own in ``cluster/auth_token`` (mode 0600; it never
 appears in a record, message or log): drivers join with ``RAY_AUTH_TOKEN_PATH`` pointing at it
@@ -20,11 +28,13 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import secrets
 import signal
@@ -39,7 +49,7 @@ from typing import Any
 from shardtrain import env
 from shardtrain.errors import ClusterError, ConfigError
 from shardtrain.home import shardtrain_home
-from shardtrain.runtime import processes
+from shardtrain.runtime import cluster_env, processes
 
 RECORD = "cluster.json"
 LOCK = "cluster.lock"
@@ -55,6 +65,8 @@ START_ATTEMPTS = 3
 #: Ray's Unix socket paths (``<temp>/session_<time>_<pid>/sockets/plasma_store``) must stay
 #: under 108 bytes; a longer home gets its Ray temp dir under /tmp, linked from the home.
 _MAX_TEMP_DIR = 40
+
+logger = logging.getLogger("shardtrain.runtime")
 
 
 def cluster_dir() -> Path:
@@ -137,7 +149,46 @@ def ensure(*, num_cpus: int | None = None) -> LocalCluster:
             _forget()
         record = _start(num_cpus)
         _touch()
-        return record
+    logger.info("%s", left_running_message(record, exiting=False))
+    atexit.register(_log_left_running, record, os.getpid())
+    return record
+
+
+def left_running_message(record: LocalCluster, *, exiting: bool) -> str:
+    """The line that says a detached head runs on without the process that started it: how to
+    stop it, and when it stops by itself."""
+    home = Path(record.cluster_dir).parent
+    if exiting:
+        what = (
+            f"This process (pid {os.getpid()}) exits and leaves the local Ray head it started "
+            f"at {record.gcs_address} running detached"
+        )
+    else:
+        what = (
+            f"The local Ray head at {record.gcs_address} runs detached: it outlives this "
+            f"process (pid {os.getpid()}), which started it"
+        )
+    return (
+        f"{what}. It stops by itself after {record.idle_s:g} s without jobs or connected "
+        f"drivers (SHARDTRAIN_CLUSTER_IDLE_S); `shardtrain cluster stop` "
+        f"(SHARDTRAIN_HOME={home}) stops it now"
+    )
+
+
+def _log_left_running(record: LocalCluster, starter_pid: int) -> None:
+    """At exit of the process that started the head: say that the head still runs. Nothing
+    when it was stopped or replaced meanwhile, or in a forked child (it inherits the hook)."""
+    if os.getpid() != starter_pid:
+        return
+    try:
+        current = LocalCluster.from_dict(
+            json.loads((Path(record.cluster_dir) / RECORD).read_text())
+        )
+    except (OSError, ValueError, TypeError):
+        return
+    if current.gcs_pid != record.gcs_pid or not current.is_alive():
+        return
+    logger.info("%s", left_running_message(record, exiting=True))
 
 
 def join(record: LocalCluster, **init_options: Any) -> None:
@@ -193,6 +244,11 @@ def _start(num_cpus: int | None) -> LocalCluster:
             variable="SHARDTRAIN_CLUSTER_IDLE_S",
         )
     head_env = _head_env(token_path)
+    logger.info(
+        "Starting a local Ray head (no RAY_ADDRESS and none running under %s); this takes ~10 s",
+        folder.parent,
+    )
+    begun = time.monotonic()
     for _attempt in range(START_ATTEMPTS):
         started_at = time.time()
         launched = _launch(folder, temp_dir, cpus, head_env)
@@ -222,6 +278,13 @@ def _start(num_cpus: int | None) -> LocalCluster:
     monitor = _start_monitor(record, head_env)
     record = LocalCluster(**{**record.to_dict(), "monitor_pid": monitor})
     _write_record(record)
+    logger.info(
+        "Started the local Ray head at %s in %.1f s (dashboard %s, %d CPUs)",
+        record.gcs_address,
+        time.monotonic() - begun,
+        record.dashboard_url,
+        cpus,
+    )
     return record
 
 
@@ -307,9 +370,10 @@ def _start_monitor(record: LocalCluster, head_env: dict[str, str]) -> int:
 
 
 def _head_env(token_path: Path) -> dict[str, str]:
-    head_env = dict(os.environ)
-    for name in ("RAY_ADDRESS", "RAY_AUTH_TOKEN"):
-        head_env.pop(name, None)
+    """The head's (and its monitor's) environment: the allowlist of ``cluster_env``, not this
+    process's whole environment (the head and its jobs outlive this process), plus the token
+    settings and this interpreter's scripts first on PATH."""
+    head_env = cluster_env.head_environment(os.environ, env.CLUSTER_ENV_ALLOW.get())
     head_env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
     # Job entrypoints say `python`: make it this interpreter (and its environment's scripts).
     bin_dir = str(Path(sys.executable).parent)

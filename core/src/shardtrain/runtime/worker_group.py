@@ -44,6 +44,8 @@ LOG_POLL_S = 0.5
 PLACEMENT_TRY_S = 1.0
 #: How long one try waits while other leases hold the cluster (the fit queues behind them).
 QUEUE_TRY_S = 5.0
+#: A fit queued behind other fits' workers says so (whose, how many) after this long.
+WAIT_LOG_AFTER_S = 5.0
 #: After a rank fails, how long to look for a peer that died (the root cause) before reporting.
 DEATH_GRACE_S = 3.0
 HEALTH_TIMEOUT_S = worker_pool.HEALTH_TIMEOUT_S
@@ -268,9 +270,32 @@ def _placement_error(shape: WorkerShape, workers_per_bundle: int, waited: float)
     )
 
 
+def _run_name(request_id: str | None) -> str:
+    return f"run {request_id}" if request_id else "a run without a request id"
+
+
+def _holders_text(reply: dict[str, Any], elsewhere: int) -> str:
+    """Who holds the workers a queued fit waits for: the pool's ``holders`` by name, the rest
+    as a count (leases still placing, other pools' leases: ``elsewhere``, and all of them
+    where a pool started by an older shardtrain names none)."""
+    holders = reply.get("holders") or []
+    parts = [
+        f"{_run_name(h.get('request_id'))} holds {h.get('workers')} worker(s) "
+        f"(driver pid {h.get('pid')} on {h.get('host')}, for {h.get('for_s', 0):.0f} s)"
+        for h in holders
+    ]
+    unnamed = max(reply.get("others_busy", 0) - len(holders), 0) + elsewhere
+    if unnamed:
+        parts.append(f"{unnamed} other fit(s) hold or wait for {'more' if parts else 'them'}")
+    return "; ".join(parts)
+
+
 @contextmanager
 def lease(
-    shape: WorkerShape, strategy: str = "SPREAD", workers_per_bundle: int = 1
+    shape: WorkerShape,
+    strategy: str = "SPREAD",
+    workers_per_bundle: int = 1,
+    request_id: str | None = None,
 ) -> Iterator[WorkerGroup]:
     """A worker group of this shape from the cluster's pool: a healthy warm one when the pool
     has one idle, else a new one.
@@ -281,31 +306,60 @@ def lease(
     ``SHARDTRAIN_PLACEMENT_TIMEOUT_S`` with a ``ScalingConfigError``. The lease is renewed in
     the background: if this process dies, the pool kills the group after
     ``SHARDTRAIN_WORKER_LEASE_TIMEOUT_S``.
+
+    A fit still queued after ``WAIT_LOG_AFTER_S`` logs once whose workers it waits for (their
+    runs' request ids, drivers, how many), and again when it gets its own.
+
+    Args:
+        request_id: the run the workers are for: recorded with the lease, so that a fit
+            waiting for them can say whose they are.
     """
     key = (shape, strategy, workers_per_bundle)
     lease_id = uuid.uuid4().hex
     timeout = env.PLACEMENT_TIMEOUT_S.get()
     lease_timeout = env.WORKER_LEASE_TIMEOUT_S.get()
-    deadline = time.monotonic() + timeout
+    began = time.monotonic()
+    deadline = began + timeout
     queued = False
+    said_waiting = False
     try:
         while True:
-            wait = (
-                QUEUE_TRY_S if queued else min(PLACEMENT_TRY_S, max(deadline - time.monotonic(), 0))
-            )
-            pool, reply = worker_pool.acquire(lease_id, key, wait, lease_timeout)
+            if queued:
+                wait = QUEUE_TRY_S
+                if not said_waiting:  # wake up when it is time to say so
+                    wait = min(wait, max(began + WAIT_LOG_AFTER_S - time.monotonic(), 0.05))
+            else:
+                wait = min(PLACEMENT_TRY_S, max(deadline - time.monotonic(), 0))
+            pool, reply = worker_pool.acquire(lease_id, key, wait, lease_timeout, request_id)
             if reply["granted"]:
                 break
-            busy = reply["others_busy"] + worker_pool.others_give_way(lease_id)
+            elsewhere = worker_pool.others_give_way(lease_id)
+            busy = reply["others_busy"] + elsewhere
             queued = busy > 0
             if queued:  # behind other fits: no deadline while they run
                 deadline = time.monotonic() + timeout
+                if not said_waiting and time.monotonic() - began >= WAIT_LOG_AFTER_S:
+                    said_waiting = True
+                    logger.info(
+                        "Waiting for workers: %s needs %d worker(s) that other fits hold: %s; "
+                        "it queues until they are given back (no deadline while they run)",
+                        _run_name(request_id),
+                        shape.num_workers,
+                        _holders_text(reply, elsewhere),
+                    )
             elif time.monotonic() >= deadline:
                 raise _placement_error(shape, workers_per_bundle, timeout)
     except BaseException:
         worker_pool.cancel(lease_id)
         worker_pool.drop(lease_id)
         raise
+    if said_waiting:
+        logger.info(
+            "Workers came: %s got its %d worker(s) after waiting %.1f s for other fits",
+            _run_name(request_id),
+            shape.num_workers,
+            time.monotonic() - began,
+        )
     group = WorkerGroup(shape, strategy, workers_per_bundle, reply, pool, lease_id)
     with _lock:
         _busy.append(group)

@@ -109,7 +109,8 @@ class WorkerPool:
         self, lease: str, owner: dict[str, Any], key: tuple, wait_s: float, lease_timeout_s: float
     ) -> dict[str, Any]:
         """A group of ``key`` for ``lease``: ``{"granted": True, workers, infos, id}``, or
-        ``{"granted": False, "others_busy": n}`` when none could be placed within ``wait_s``."""
+        ``{"granted": False, "others_busy": n, "holders": [...]}`` when none could be placed
+        within ``wait_s`` (``holders``: the other leases' busy groups, see ``_holders``)."""
         while True:
             with self._lock:
                 group = next(
@@ -132,7 +133,11 @@ class WorkerPool:
             group = self._place(lease, key, wait_s, lease_timeout_s)
             with self._lock:
                 if group is None:
-                    return {"granted": False, "others_busy": self._others(lease)}
+                    return {
+                        "granted": False,
+                        "others_busy": self._others(lease),
+                        "holders": self._holders(lease),
+                    }
                 self._groups[group.id] = group
                 self._lend(group, lease, owner, lease_timeout_s)
             return self._grant(group)
@@ -240,6 +245,23 @@ class WorkerPool:
     def _others(self, lease: str) -> int:
         busy = sum(1 for g in self._groups.values() if g.state == "busy" and g.lease != lease)
         return busy + sum(1 for x in self._placing if x != lease)
+
+    def _holders(self, lease: str) -> list[dict[str, Any]]:
+        """Who holds this pool's busy groups other than ``lease`` (call under the lock): the
+        run's request id (None when the fit was given none), its driver, how many workers,
+        and for how long; what a queued fit logs while it waits."""
+        now = time.monotonic()
+        return [
+            {
+                "request_id": g.owner.get("request_id"),
+                "pid": g.owner.get("pid"),
+                "host": g.owner.get("host"),
+                "workers": len(g.workers),
+                "for_s": round(now - g.since, 1),
+            }
+            for g in self._groups.values()
+            if g.state == "busy" and g.lease != lease
+        ]
 
     @staticmethod
     def _healthy(group: _Group) -> bool:
@@ -436,13 +458,15 @@ def pool_name() -> str:
     return f"{POOL_PREFIX}-{runtime_env_hash()}"
 
 
-def owner() -> dict[str, Any]:
-    """This driver, as the pool records a lease's owner."""
+def owner(request_id: str | None = None) -> dict[str, Any]:
+    """This driver, as the pool records a lease's owner (``request_id``: the run the lease is
+    for, what another fit waiting for these workers names)."""
     return {
         "token": PROCESS_TOKEN,
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "job_id": _job_id(),
+        "request_id": request_id,
     }
 
 
@@ -477,19 +501,22 @@ def pool(refresh: bool = False):
     return handle
 
 
-def acquire(lease: str, key: tuple, wait_s: float, lease_timeout_s: float):
+def acquire(
+    lease: str, key: tuple, wait_s: float, lease_timeout_s: float, request_id: str | None = None
+):
     """(pool handle, the pool's answer); a pool that died is replaced once."""
     import ray
     from ray.exceptions import RayActorError
 
     handle = pool()
     hold(lease, handle, lease_timeout_s)
+    me = owner(request_id)
     try:
-        reply = ray.get(handle.acquire.remote(lease, owner(), key, wait_s, lease_timeout_s))
+        reply = ray.get(handle.acquire.remote(lease, me, key, wait_s, lease_timeout_s))
     except RayActorError:  # the pool was killed (by hand, or with its node): start another
         handle = pool(refresh=True)
         hold(lease, handle, lease_timeout_s)
-        reply = ray.get(handle.acquire.remote(lease, owner(), key, wait_s, lease_timeout_s))
+        reply = ray.get(handle.acquire.remote(lease, me, key, wait_s, lease_timeout_s))
     return handle, reply
 
 

@@ -394,7 +394,7 @@ class BoostingEstimator:
 
             with (
                 self._collective(plan.shape.num_workers) as collective,
-                worker_group.lease(plan.shape) as group,
+                worker_group.lease(plan.shape, request_id=run.plan.request_id) as group,
             ):
                 return self._launch(
                     group, job, train_shards, eval_shards, on_progress, start.step, collective

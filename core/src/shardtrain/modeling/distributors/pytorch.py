@@ -188,7 +188,9 @@ class PyTorchDistributor:
         strategy = "STRICT_SPREAD" if nodes > 1 else "PACK"
 
         def attempt(start: Checkpoint) -> list[TorchRankResult]:
-            with worker_group.lease(shape, strategy, workers_per_bundle=per_node) as group:
+            with worker_group.lease(
+                shape, strategy, workers_per_bundle=per_node, request_id=run.plan.request_id
+            ) as group:
                 master = self._master(group)
                 kwargs = [
                     dict(

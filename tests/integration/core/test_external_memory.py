@@ -10,11 +10,8 @@ or killed ones included. The quality bar is the issue's: within 1% of the in-mem
 from __future__ import annotations
 
 import os
-import queue as queues
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,12 +20,11 @@ import pytest
 import xgboost as xgb
 
 from shardtrain.config import FailureConfig, LightGBMScalingConfig, XGBScalingConfig
-from shardtrain.errors import MemoryBudgetError, ScalingConfigError, WorkerError
+from shardtrain.errors import MemoryBudgetError, WorkerError
 from shardtrain.modeling.distributors import boosting
 from shardtrain.modeling.distributors.lightgbm import LightGBMEstimator
 from shardtrain.modeling.distributors.xgboost import XGBEstimator
 from shardtrain.runtime import worker_group
-from shardtrain.runtime.memory import AUTO_FRACTION, automatic_budget
 from tests.helpers import kill_rank_once_checkpointed
 
 FEATURES = [f"F{i}" for i in range(32)]
@@ -48,6 +44,8 @@ def make_data(n: int, seed: int) -> pd.DataFrame:
 
 
 TRAIN, HOLDOUT = make_data(24_000, 1), make_data(4_000, 2)
+
+
 PARAMS = {"max_depth": 4, "eta": 0.3, "max_bin": 64}
 
 
@@ -70,39 +68,6 @@ def extmem_dir(tmp_path, monkeypatch):
 def ray_ready(ray_cluster):
     yield
     worker_group.shutdown_workers()  # free the CPUs the warm pool holds for later tests
-
-
-# -- configuration (no Ray) ----------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        (None, -1),
-        (-1, -1),
-        (1000, 1000),
-        ("2GiB", 2 * 2**30),
-        ("1.5GB", 1_500_000_000),
-        (" 512 mib", 512 * 2**20),
-        ("100", 100),
-    ],
-)
-def test_memory_per_worker_is_normalised_to_bytes(value, expected):
-    assert XGBScalingConfig(memory_per_worker=value).memory_per_worker == expected
-    assert LightGBMScalingConfig(memory_per_worker=value).memory_per_worker == expected
-
-
-@pytest.mark.parametrize("value", [0, -2, True, 1.5, "abc", "0B", "2XB", "-1GiB", [1]])
-def test_memory_per_worker_refuses_nonsense(value):
-    with pytest.raises(ScalingConfigError, match="memory_per_worker") as info:
-        XGBScalingConfig(memory_per_worker=value)
-    assert info.value.field == "memory_per_worker"
-
-
-def test_automatic_budget_divides_the_smallest_node_among_its_workers():
-    gib = 2**30
-    assert automatic_budget(1, [8 * gib]) == int(AUTO_FRACTION * 8 * gib)
-    assert automatic_budget(2, [8 * gib]) == int(AUTO_FRACTION * 4 * gib)
-    assert automatic_budget(4, [8 * gib, 4 * gib]) == int(AUTO_FRACTION * 2 * gib)
-    assert automatic_budget(2, []) == -1  # Ray reports nothing: no check
 
 
 def test_killed_workers_cache_folders_are_swept(tmp_path):
@@ -324,76 +289,6 @@ def test_grouped_sketch_gives_xgboosts_own_cuts_and_model(tmp_path, monkeypatch,
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("sketch")]  # pages removed
 
 
-def test_all_features_in_one_group_need_no_reference(tmp_path):
-    from shardtrain.data.data_connector import DataConnector
-    from shardtrain.modeling.distributors import xgboost_worker
-
-    data = DataConnector.from_pandas(make_data(5000, 4))
-    assert xgboost_worker.sketch_reference(data, FEATURES, 64, 2, tmp_path, lambda k: 1000) is None
-
-
-def _grouped_and_whole_cuts(rank, tracker_args, folder, queue):
-    """One rank of a 2-rank XGBoost collective (no Ray): its half of the awkward data's cuts,
-    sketched in groups and whole."""
-    from shardtrain.data.data_connector import DataConnector
-    from shardtrain.modeling.distributors import xgboost_worker
-    from shardtrain.runtime import memory
-
-    frame = awkward_frame(20_000, 5).iloc[rank * 9000 : 9000 + rank * 11_000]  # 9k and 11k rows
-    columns = [c for c in frame.columns if c != "Y"]
-    data = DataConnector.from_pandas(frame.reset_index(drop=True))
-    memory.EXTMEM_SKETCH_BYTES = 4 * memory.sketch_feature_bytes(11_000, 64)
-    with xgb.collective.CommunicatorContext(**tracker_args, dmlc_task_id=str(rank)):
-        ref = xgboost_worker.sketch_reference(data, columns, 64, 1, Path(folder), lambda k: 2000)
-        cuts = []
-        for name, reference in (("grouped", ref), ("whole", None)):
-            it = xgboost_worker.ArrowIter(
-                data, columns, "Y", cache_prefix=f"{folder}/{name}{rank}", batch_rows=2000
-            )
-            matrix = xgb.ExtMemQuantileDMatrix(it, ref=reference, max_bin=64, nthread=1)
-            cuts.append([a.tolist() for a in matrix.get_quantile_cut()])
-            del matrix
-    queue.put((rank, ref is not None, cuts))
-
-
-def test_grouped_sketch_across_ranks_gives_the_collectives_cuts(tmp_path):
-    """Two ranks of unequal shards: each group's sketch is merged across ranks, the value
-    ranges too, so every rank gets the cuts XGBoost's own distributed sketch gives."""
-    import multiprocessing
-
-    from xgboost.tracker import RabitTracker
-
-    tracker = RabitTracker(n_workers=2, host_ip="127.0.0.1", sortby="task", timeout=120)
-    tracker.start()
-    spawn = multiprocessing.get_context("spawn")
-    queue = spawn.Queue()
-    ranks = [
-        spawn.Process(
-            target=_grouped_and_whole_cuts,
-            args=(rank, tracker.worker_args(), str(tmp_path), queue),
-        )
-        for rank in range(2)
-    ]
-    for process in ranks:
-        process.start()
-    results, deadline = {}, time.monotonic() + 120
-    while len(results) < 2 and time.monotonic() < deadline:
-        try:
-            rank, grouped, cuts = queue.get(timeout=1)
-            results[rank] = (grouped, cuts)
-        except queues.Empty:
-            assert all(p.is_alive() or p.exitcode == 0 for p in ranks), "a rank failed"
-    for process in ranks:
-        process.join(timeout=60)
-        assert process.exitcode == 0
-    tracker.free()
-    for rank in range(2):
-        used_groups, (grouped, whole) = results[rank]
-        assert used_groups
-        assert grouped == whole
-    assert results[0][1][1] == results[1][1][1]  # one set of cuts for the whole fit
-
-
 def _peak_anon_growth(fn) -> tuple[float, object]:
     """Peak growth of this process's anonymous RSS (MiB) while ``fn()`` runs, sampled every
     10 ms, over what it held once freed memory was released; and ``fn()``'s result."""
@@ -456,23 +351,3 @@ def test_grouped_sketch_bounds_the_memory_of_building_the_cache(tmp_path, monkey
     assert grown_whole > 0.8 * whole, (grown_whole, whole)  # the model is not an overcount
     assert grown_grouped < grouped + 16, (grown_grouped, grouped)  # + a batch and its page
     assert matrix.num_row() == 40_000
-
-
-def test_streamed_estimate_is_flat_but_for_the_training_state():
-    """The streamed estimate: the build's part does not grow with the rows (a sketch group,
-    two batches), the training state grows ``EXTMEM_ROW_BYTES`` a row; the 8x run of
-    docs/large_data.md (1.2M x 256, 147 MiB, measured +93 MiB) passes the check, in memory
-    it would not."""
-    from shardtrain.runtime import memory
-
-    for rows in (200_000, 1_000_000, 20_000_000):
-        assert memory.extmem_sketch_bytes(rows, 256, 256) <= memory.EXTMEM_SKETCH_BYTES
-    grown = memory.extmem_rank_bytes(2_000_000, 256, 256, 4) - memory.extmem_rank_bytes(
-        1_000_000, 256, 256, 4
-    )
-    assert grown == 1_000_000 * memory.EXTMEM_ROW_BYTES
-    est = XGBEstimator(params={"max_depth": 4, "eta": 0.3})
-    budget = 147 * 2**20
-    assert 1_200_000 * 4 * 257 >= 8 * budget
-    assert est._shard_memory_bytes(1_200_000, 256, True) <= budget
-    assert est._shard_memory_bytes(1_200_000, 256, False) > 8 * budget

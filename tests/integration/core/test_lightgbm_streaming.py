@@ -16,7 +16,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightgbm as lgb  # before lightgbm_worker (which otherwise looks for a Ray worker)
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -24,7 +23,6 @@ import pytest
 
 from shardtrain import DataConnector
 from shardtrain.data.source import Source
-from shardtrain.errors import MemoryBudgetError
 from shardtrain.modeling.distributors.boosting import BoostingJob
 from shardtrain.modeling.distributors.lightgbm import LightGBMEstimator, LightGBMScalingConfig
 from shardtrain.runtime import worker_group
@@ -130,55 +128,6 @@ def build(connector, evals, params, streamed, batch_rows=None, construct=True):
     return dtrain, deval
 
 
-def test_streamed_dataset_bins_exactly_as_the_arrow_path(tmp_path):
-    """The same sample rows, the same bin boundaries, the same binned rows (train and eval,
-    nulls included), the same model, and a resumed fit (init_model) scores alike."""
-    frame = make_data(7_000, 3)
-    frame.loc[::97, "F1"] = np.nan
-    frame["F7"] = frame["F7"].astype(np.float32)
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    train = DataConnector.from_arrow(table.slice(0, 5_000))
-    evals = DataConnector.from_arrow(table.slice(5_000))
-    params = {
-        "objective": "regression",
-        "verbose": -1,
-        "num_threads": 1,
-        "bin_construct_sample_cnt": 3_000,  # a sample of part of the rows, spread over batches
-    }
-    models = {}
-    for streamed in (False, True):
-        dtrain, deval = build(train, evals, params, streamed, batch_rows=700)
-        dtrain._dump_text(str(tmp_path / f"train_{streamed}.txt"))
-        deval._dump_text(str(tmp_path / f"eval_{streamed}.txt"))
-        first = lgb.train(params, dtrain, 10, valid_sets=[deval])
-        dtrain, deval = build(train, evals, params, streamed, batch_rows=700, construct=False)
-        resumed = lgb.train(params, dtrain, 5, valid_sets=[deval], init_model=first)
-        models[streamed] = (first.model_to_string(), resumed.model_to_string())
-        assert resumed.current_iteration() == 15
-    for name in ("train", "eval"):
-        assert (tmp_path / f"{name}_True.txt").read_text() == (
-            tmp_path / f"{name}_False.txt"
-        ).read_text()
-    assert models[True] == models[False]
-
-
-def test_sequence_reads_forward_one_batch_at_a_time():
-    from shardtrain.modeling.distributors.lightgbm_worker import ShardSequence
-
-    frame = make_data(1_000, 4)
-    seq = ShardSequence(DataConnector.from_pandas(frame), FEATURES, batch_rows=64)
-    x = frame[FEATURES].to_numpy()
-    assert len(seq) == 1_000 and seq[5].dtype == np.float64
-    np.testing.assert_array_equal(seq[5], x[5])
-    np.testing.assert_array_equal(seq[900], x[900])
-    np.testing.assert_array_equal(seq[60:200], x[60:200])  # across batches, from a new pass
-    assert seq.passes == 2
-    np.testing.assert_array_equal(seq[200:264], x[200:264])  # forward: the same pass
-    assert seq.passes == 2
-    with pytest.raises(IndexError):
-        seq[1_000]
-
-
 class GeneratedSource(Source):
     """``rows`` x ``features`` float64 made batch by batch as they are read (seeded by unit
     and column):
@@ -253,36 +202,3 @@ def test_streamed_construction_memory_does_not_grow_with_the_raw_data():
     assert streamed < binned_growth + 24 * 2**20, (streamed / 2**20, binned_growth / 2**20)
     whole = _measure(large, features, False) - _measure(small, features, False)
     assert whole > 0.8 * raw_growth, (whole / 2**20, raw_growth / 2**20)
-
-
-# -- the budget LightGBM's memory implies ----------------------------------------------------------
-def test_memory_need_streamed_is_the_binned_data_not_the_raw():
-    est = LightGBMEstimator()
-    rows, features = 10_000_000, 100
-    streamed = est._shard_memory_bytes(rows, features, True)
-    in_memory = est._shard_memory_bytes(rows, features, False)
-    # the binned data (1 GB here) is in both; the raw float32 table (4 GB) only in memory
-    assert streamed > rows * features
-    assert in_memory - streamed > 0.9 * rows * features * 4
-    wide = LightGBMEstimator(params={"max_bin": 1023})._shard_memory_bytes(rows, features, True)
-    assert wide - streamed == rows * features  # two bytes a value past 255 bins
-    classes = LightGBMEstimator(params={"objective": "multiclass", "num_class": 5})
-    assert classes._shard_memory_bytes(rows, features, True) - streamed == rows * 4 * 16
-
-
-def test_a_shard_whose_binned_data_is_over_the_budget_is_refused(monkeypatch):
-    """LightGBM has no external memory: when even the streamed need is over the budget the
-    fit is refused before any worker starts, saying what it needed."""
-    from shardtrain.runtime.memory import plan_memory
-
-    est = LightGBMEstimator()
-    rows = [40_000_000, 40_000_000]
-    with pytest.raises(MemoryBudgetError, match="even streamed") as info:
-        plan_memory(
-            2 * 2**30, "test", rows, 50, est._shard_memory_bytes, est.can_stream, "lightgbm"
-        )
-    assert info.value.streaming is True
-    plan = plan_memory(
-        8 * 2**30, "test", rows, 50, est._shard_memory_bytes, est.can_stream, "lightgbm"
-    )
-    assert plan.external  # 40M x 51 float32 (8 GB) is over 8 GiB in memory, fits streamed

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from shardtrain.errors import EmptyDataError, PartitionError, SchemaError, ShardtrainError
+from shardtrain.errors import PartitionError, ShardtrainError
 from shardtrain.modeling.distributors.many_model import (
     ManyModelInference,
     ManyModelRun,
@@ -193,32 +193,6 @@ def test_vendor_program_runs_with_the_prefix_changed(ray_cluster, snowpark_sessi
     assert all(isinstance(m, xgboost.XGBRegressor) for m in scope["models"].values())
 
 
-# -- bad input, refused before any task starts ------------------------------------------------
-
-
-def test_missing_partition_column_is_refused_before_work(tmp_path):
-    with pytest.raises(SchemaError, match="region"):
-        plan_partitions(stores(2, 5), "region")
-
-
-def test_null_partition_values_are_refused(tmp_path):
-    frame = stores(2, 5).astype({"store": "float64"})
-    frame.loc[0, "store"] = None
-    with pytest.raises(SchemaError, match="null"):
-        plan_partitions(frame, "store")
-
-
-def test_empty_partition_folder_is_refused(tmp_path):
-    for store, rows in (("a", 5), ("b", 0)):
-        folder = tmp_path / "data" / f"store={store}"
-        folder.mkdir(parents=True)
-        pq.write_table(
-            pa.Table.from_pandas(stores(1, rows).drop(columns="store")), folder / "part.parquet"
-        )
-    with pytest.raises(EmptyDataError, match="'b' has no rows"):
-        plan_partitions(str(tmp_path / "data"), "store")
-
-
 def test_parquet_by_column_and_by_folders_plan_the_same_partitions(ray_cluster, tmp_path):
     frame = stores(3, 10)
     pq.write_table(pa.Table.from_pandas(frame), tmp_path / "flat.parquet")
@@ -255,9 +229,6 @@ def test_train_func_returning_none_or_an_unknown_model(ray_cluster, tmp_path):
         ManyModelRun.restore_from("p", stage).get_model("1")
     model = ManyModelRun.restore_from("p", stage, serde=PickleSerde()).get_model("1")
     assert set(model) == {"mean"}
-
-
-# -- a Snowflake stage: only the driver (with the session) touches it ---------------------------
 
 
 def test_publishes_to_a_snowflake_stage_and_restores_from_it(ray_cluster, snowpark_session):
@@ -313,24 +284,3 @@ def _train_xgb_upper(data_connector, context):
     df = data_connector.to_pandas()
     model = xgboost.XGBRegressor(n_estimators=4, max_depth=2, n_jobs=1)
     return model.fit(df[["X1", "X2"]], df["Y"])
-
-
-def test_a_publish_that_fails_on_the_driver_fails_only_that_partition(tmp_path):
-    """The driver publishes what a task returned; a publish error becomes the partition's
-    FAILED record (with the traceback), as a train error would, and is never raised."""
-    from shardtrain.modeling.distributors.many_model.transfer import FILES, PUBLISH, land
-
-    stage = open_stage(str(tmp_path / "stage"))
-    record = {"partition_id": "a", "folder": "a", "status": "DONE", "attempts": 0}
-    ok = land(
-        stage,
-        "r1",
-        {**record, FILES: {"model.ubj": b"x"}, PUBLISH: {"framework": "xgboost"}},
-    )
-    assert ok["status"] == "DONE" and ok["location"] == str(tmp_path / "stage/model/r1/a")
-    assert (tmp_path / "stage/model/r1/a/_MANIFEST.json").is_file()
-    bad = land(
-        stage, "r1", {**record, FILES: {"model.ubj": b"x"}, PUBLISH: {"framework": "sklearn"}}
-    )
-    assert bad["status"] == "FAILED" and "ConfigError" in bad["error"]
-    assert "Traceback" in bad["traceback"] and FILES not in bad and PUBLISH not in bad

@@ -2,17 +2,7 @@
 
 from __future__ import annotations
 
-from prefect.blocks.core import Block
-from prefect.plugins import load_prefect_collections
-from prefect.utilities.dispatch import lookup_type
-
 from prefect_shardtrain import ModelStage, RayCluster
-
-
-def test_collection_entry_point_registers_the_blocks():
-    assert "prefect_shardtrain" in load_prefect_collections()
-    assert lookup_type(Block, "shardtrain-ray-cluster") is RayCluster
-    assert lookup_type(Block, "shardtrain-model-stage") is ModelStage
 
 
 def test_blocks_round_trip_through_the_api_with_secrets_kept_secret(prefect_harness):

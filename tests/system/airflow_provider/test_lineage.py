@@ -10,21 +10,9 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from shardtrain import ModelArtifact
-from shardtrain.integrations import DataSpec, TrainingSpec
 from shardtrain.integrations.lineage import (
-    LineageDataset,
     SnowflakeContext,
-    data_datasets,
-    model_location,
-    path_dataset,
-    query_tables,
-    registry_dataset,
-    safe_params,
-    snowflake_authority,
-    stage_dataset,
 )
 from shardtrain_airflow.operators import XGBoostTrainOperator
 from shardtrain_airflow.operators.train import request_id_for
@@ -45,91 +33,10 @@ SNOWFLAKE_CONN = {
 # -- naming, per kind of data and location ---------------------------------------------------
 
 
-def test_snowflake_tables_are_named_in_the_account_with_the_connection_defaults():
-    def names(table):
-        return [(d.namespace, d.name) for d in data_datasets(DataSpec(table=table), SF)]
-
-    assert names("training_data") == [(NS, "ML.PUBLIC.TRAINING_DATA")]
-    assert names("raw.events") == [(NS, "ML.RAW.EVENTS")]
-    assert names('other."Db".t') == [(NS, "OTHER.Db.T")]  # quoted: exact case
-    unknown = data_datasets(DataSpec(table="s.t"))  # no connection: no account, no defaults
-    assert unknown == (LineageDataset("snowflake", "S.T"),)
-
-
-def test_a_query_names_the_tables_it_reads():
-    sql = """
-        with recent as (select * from raw.events where ts > '2026-01-01 from x')
-        select r.*, d.region -- from comments
-        from recent r join "Dims"."Region" d on r.k = d.k
-        left join table(flatten(input => r.tags)) f
-        where r.id in (select id from ml.public.allow_list)
-    """
-    assert query_tables(sql) == ["raw.events", '"Dims"."Region"', "ml.public.allow_list"]
-    named = data_datasets(DataSpec(query=sql), SF)
-    assert [d.name for d in named] == ["ML.RAW.EVENTS", "ML.Dims.Region", "ML.PUBLIC.ALLOW_LIST"]
-    assert {d.namespace for d in named} == {NS}
-
-
 def test_the_airflow_wrapper_parses_queries_with_openlineage_sql():
     from shardtrain_airflow.lineage import sql_tables
 
     assert sorted(sql_tables("select * from a.b join c on a.b.k = c.k")) == ["a.b", "c"]
-
-
-@pytest.mark.parametrize(
-    "location,namespace,name",
-    [
-        ("s3://bucket/features/2026/", "s3://bucket", "features/2026"),
-        ("s3a://bucket/x.parquet", "s3://bucket", "x.parquet"),
-        ("s3://AKIAKEY:s3cr3t@bucket/x", "s3://bucket", "x"),  # never a credential
-        ("gs://bucket/d", "gs://bucket", "d"),
-        ("abfss://data@acct.dfs.core.windows.net/t", "abfss://data@acct.dfs.core.windows.net", "t"),
-        ("/data/train/", "file", "/data/train"),
-        ("file:///data/train", "file", "/data/train"),
-        ("relative/train", "file", os.path.abspath("relative/train")),
-    ],
-)
-def test_parquet_locations_are_named_by_their_store(location, namespace, name):
-    assert path_dataset(location) == LineageDataset(namespace, name)
-
-
-def test_model_locations_on_every_kind_of_stage():
-    spec = TrainingSpec(
-        framework="xgboost", request_id="r1", train_data="p", input_cols=["A"], label_col="Y"
-    )
-    at = dict(artifact_stage_location="@MODELS/prod")
-    on_snowflake = TrainingSpec(**{**spec.to_dict(), **at})
-    assert model_location(on_snowflake) == "@MODELS/prod/model/r1"
-    assert stage_dataset(model_location(on_snowflake), SF) == LineageDataset(
-        NS, "ML.PUBLIC.MODELS/prod/model/r1"
-    )
-    assert stage_dataset("ML.PUBLIC.MODELS/model/r1", SF).name == "ML.PUBLIC.MODELS/model/r1"
-    assert stage_dataset("@~/m/model/r1") == LineageDataset("snowflake", "~/m/model/r1")
-    assert stage_dataset("s3://b/stage/model/r1") == LineageDataset("s3://b", "stage/model/r1")
-    default = stage_dataset(model_location(spec))  # the embedded default stage
-    assert default.namespace == "file" and default.name.endswith("/stage/model/r1")
-
-
-def test_registry_entries_are_named_by_registry_without_credentials():
-    mlflow = registry_dataset("https://user:tok3n@mlflow.example.com/", "churn", "3")
-    assert mlflow == LineageDataset("https://mlflow.example.com", "churn/3")
-    embedded = registry_dataset(None, "churn", "1")
-    assert embedded.namespace.startswith("sqlite:///") and embedded.name == "churn/1"
-    assert registry_dataset("snowflake", "churn", "V1", SF) == LineageDataset(
-        NS, "ML.PUBLIC.CHURN/V1"
-    )
-
-
-def test_account_names_agree_with_the_snowflake_providers_openlineage_support():
-    from airflow.providers.snowflake.utils.openlineage import fix_account_name
-
-    for account in ("xy12345", "xy12345.us-east-1", "xy12345.eu-west-1.azure", "myorg-acct"):
-        assert snowflake_authority(account) == fix_account_name(account)
-
-
-def test_secret_named_parameters_and_url_credentials_never_reach_a_facet():
-    shown = safe_params({"eta": 0.1, "token": "x", "nested": {"password": "p", "u": "s3://k:s@b/"}})
-    assert shown == {"eta": 0.1, "nested": {"u": "s3://b/"}}
 
 
 def test_the_operators_work_without_the_openlineage_client():
@@ -144,9 +51,6 @@ def test_the_operators_work_without_the_openlineage_client():
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr[-2000:]
-
-
-# -- what an operator reports -------------------------------------------------------------------
 
 
 def test_a_training_operator_reports_snowflake_inputs_with_their_columns(monkeypatch):
@@ -181,8 +85,6 @@ def test_a_training_operator_reports_snowflake_inputs_with_their_columns(monkeyp
     assert model.facets == {}
     assert SECRET not in Serde.to_json(lineage.inputs[0]) + Serde.to_json(model)
 
-
-# -- the events the OpenLineage provider emitted for a DAG run --------------------------------
 
 DAG_FILE = """
 import os

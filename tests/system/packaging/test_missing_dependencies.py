@@ -9,11 +9,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-
-from shardtrain import MissingDependencyError, ShardtrainError
-from shardtrain.model.frameworks import require_module
-
 # In a fresh process: the libraries hidden (sys.modules[name] = None makes them unimportable)
 # and RAY_ADDRESS unreachable, so an error raised after connecting would be a ClusterError.
 PROBE = r"""
@@ -56,10 +51,3 @@ def test_missing_frameworks_are_named_with_their_extra_before_ray_is_reached():
         assert kind == "MissingDependencyError", (name, out[name])
         assert got_extra == extra and f"shardtrain[{extra}]" in message, message
     assert "xgboost (or xgboost-cpu)" in out["xgboost"][1]
-
-
-def test_the_error_is_a_shardtrain_error_and_an_import_error():
-    with pytest.raises(MissingDependencyError) as info:
-        require_module("snowflake.snowpark_not_a_module", "a test")
-    assert isinstance(info.value, ShardtrainError) and isinstance(info.value, ImportError)
-    require_module("pyarrow", "a test")  # installed: no error

@@ -3,7 +3,7 @@
 The import graph is read from the source with ``ast`` (nothing is imported, so no Ray and no
 optional framework is needed). Every import counts, at module top or inside a function;
 only imports under ``if TYPE_CHECKING:`` (never run) are left out. Run this file alone to
-check: ``pytest tests/core/test_layering.py``.
+check: ``pytest tests/unit/core/test_layering.py``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,13 @@
+"""Connecting to Ray: unreachable addresses fail fast with a ClusterError."""
+
+from __future__ import annotations
+
+import pytest
+
+from shardtrain.errors import ClusterError
+from shardtrain.runtime import cluster
+
+
+def test_malformed_address():
+    with pytest.raises(ClusterError, match="not of the form"):
+        cluster.probe("ray://no-port-here")

@@ -1,4 +1,6 @@
-"""Every Python block of the README imports and builds (docs that cannot drift).
+"""[Unit layer: the checks that need no Ray, process or server; the rest are in tests/integration/test_readme.py.]
+
+Every Python block of the README imports and builds (docs that cannot drift).
 
 Each block: every import runs, and no name is used that the block does not define except
 the reader's own objects named in ``PLACEHOLDERS`` (ruff's undefined-name check, F821).

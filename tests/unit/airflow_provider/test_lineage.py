@@ -1,4 +1,6 @@
-"""OpenLineage from the training and registration operators: dataset names for every kind of
+"""[Unit layer: the checks that need no Ray, process or server; the rest are in tests/system/airflow_provider/test_lineage.py.]
+
+OpenLineage from the training and registration operators: dataset names for every kind of
 data and location (fast), the facets an operator reports, and the events the OpenLineage
 provider emitted (through its file transport) for a DAG run with dag.test(): data -> model ->
 registry entry, in process and deferred to a Ray Job."""

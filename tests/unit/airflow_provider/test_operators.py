@@ -1,4 +1,6 @@
-"""The operators' own layer, fast and without Ray: arguments and templates into a
+"""[Unit layer: the checks that need no Ray, process or server; the rest are in tests/integration/airflow_provider/test_operators.py.]
+
+The operators' own layer, fast and without Ray: arguments and templates into a
 TrainingSpec, request ids, Snowpark sessions through the hook, the declared connection form."""
 
 from __future__ import annotations

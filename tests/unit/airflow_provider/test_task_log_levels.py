@@ -1,4 +1,6 @@
-"""Ray's and MLflow's info lines reach the Airflow task log at info, not at error.
+"""[Unit layer: the checks that need no Ray, process or server; the rest are in tests/system/airflow_provider/test_task_log_levels.py.]
+
+Ray's and MLflow's info lines reach the Airflow task log at info, not at error.
 
 Airflow's supervisor writes a task's stderr into its log at level error; Ray and MLflow write
 their info lines to stderr through handlers of their own (MLflow prints its registry events).

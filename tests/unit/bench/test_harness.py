@@ -1,4 +1,6 @@
-"""The benchmark harness's own logic: job plan, memory sampling, the report's ratios.
+"""[Unit layer: the checks that need no Ray, process or server; the rest are in tests/integration/bench/test_harness.py.]
+
+The benchmark harness's own logic: job plan, memory sampling, the report's ratios.
 
 No timing is asserted anywhere: the harness measures, the tests check that what it
 computes from its measurements is right.

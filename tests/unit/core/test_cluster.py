@@ -1,4 +1,6 @@
-"""Connecting to Ray: unreachable addresses fail fast with a ClusterError."""
+"""[Unit layer: the checks that need no Ray, process or server; the rest are in tests/integration/core/test_cluster.py.]
+
+Connecting to Ray: unreachable addresses fail fast with a ClusterError."""
 
 from __future__ import annotations
 

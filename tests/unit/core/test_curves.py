@@ -1,4 +1,6 @@
-"""Training curves: a fit's per-round metrics drawn as a PNG published beside its model and
+"""[Unit layer: the checks that need no Ray, process or server; the rest are in tests/integration/core/test_curves.py.]
+
+Training curves: a fit's per-round metrics drawn as a PNG published beside its model and
 listed in its manifest; the plot's data (panels, the early-stopping mark) checked directly."""
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""DataConnector behaviour beyond the source matrix: the seed's torch loop, memory bounds,
+"""[Unit layer: the checks that need no Ray, process or server; the rest are in tests/integration/core/test_data_connector.py.]
+
+DataConnector behaviour beyond the source matrix: the seed's torch loop, memory bounds,
 no pandas in the hot path, and every bad input."""
 
 from __future__ import annotations

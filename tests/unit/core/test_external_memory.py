@@ -1,4 +1,6 @@
-"""Issue 18: the per-worker memory budget, XGBoost's external-memory path and streamed predict.
+"""[Unit layer: the checks that need no Ray, process or server; the rest are in tests/integration/core/test_external_memory.py.]
+
+Issue 18: the per-worker memory budget, XGBoost's external-memory path and streamed predict.
 
 The fits run on the session's real Ray (2 CPUs, 2 workers x 1 CPU) with small data and a
 budget far below what the shards need in memory, so the budget check sends them to

@@ -1,4 +1,6 @@
-"""Issue 17's GBDT start-up and per-round work: what a rank does and does not do.
+"""[Unit layer: the checks that need no Ray, process or server; the rest are in tests/integration/core/test_gbdt_perf.py.]
+
+Issue 17's GBDT start-up and per-round work: what a rank does and does not do.
 
 - Ranks import xgboost / lightgbm without scikit-learn (1.1 s and ~100 MiB of every new
   worker process), and a later ``import sklearn`` in that process still works.

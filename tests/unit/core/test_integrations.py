@@ -1,4 +1,6 @@
-"""The integration layer: specs (validation, exact JSON round trips, no secrets), building
+"""[Unit layer: the checks that need no Ray, process or server; the rest are in tests/integration/core/test_integrations.py.]
+
+The integration layer: specs (validation, exact JSON round trips, no secrets), building
 estimators from plain arguments, data specs, Snowpark sessions, and run_training end to end."""
 
 from __future__ import annotations

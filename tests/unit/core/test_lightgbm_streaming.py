@@ -1,4 +1,6 @@
-"""LightGBM Datasets built streamed (issue 18): a shard over its memory budget is read a
+"""[Unit layer: the checks that need no Ray, process or server; the rest are in tests/integration/core/test_lightgbm_streaming.py.]
+
+LightGBM Datasets built streamed (issue 18): a shard over its memory budget is read a
 batch at a time, so a rank never holds its raw features whole, only LightGBM's binned data.
 
 The fit test runs the real estimator on the session's Ray (2 workers, an eval set) once

@@ -1,4 +1,6 @@
-"""The fast loading paths keep exact semantics: Parquet read on a read-ahead thread with a
+"""[Unit layer: the checks that need no Ray, process or server; the rest are in tests/integration/core/test_loading_perf_paths.py.]
+
+The fast loading paths keep exact semantics: Parquet read on a read-ahead thread with a
 byte budget and the batch size as a hint, exact-size batches passed through, and torch tensors
 that wrap freshly decoded Arrow buffers instead of copying them (never the caller's data)."""
 

@@ -1,4 +1,6 @@
-"""Many-model training on real Ray: a failing partition leaves the others published, a rerun
+"""[Unit layer: the checks that need no Ray, process or server; the rest are in tests/integration/core/test_many_model.py.]
+
+Many-model training on real Ray: a failing partition leaves the others published, a rerun
 trains only what failed, a run restores in a fresh process, vendor programs run with the import
 prefix changed, and bad input is refused before any task starts."""
 

@@ -1,4 +1,6 @@
-"""Progress of a fit: round i of n, elapsed and remaining, at a readable rate in the log and
+"""[Unit layer: the checks that need no Ray, process or server; the rest are in tests/integration/core/test_progress.py.]
+
+Progress of a fit: round i of n, elapsed and remaining, at a readable rate in the log and
 to observers (an orchestrator's progress bar), always moving forward, ending at n of n."""
 
 from __future__ import annotations

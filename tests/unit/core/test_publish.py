@@ -1,4 +1,6 @@
-"""Publishing and loading models: manifests, checksums, atomic republish, crashes and
+"""[Unit layer: the checks that need no Ray, process or server; the rest are in tests/integration/core/test_publish.py.]
+
+Publishing and loading models: manifests, checksums, atomic republish, crashes and
 concurrency, on real storage."""
 
 from __future__ import annotations

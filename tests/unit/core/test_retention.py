@@ -1,4 +1,6 @@
-"""Retention of what failed runs leave on a stage (``shardtrain stage gc``), on a real local
+"""[Unit layer: the checks that need no Ray, process or server; the rest are in tests/integration/core/test_retention.py.]
+
+Retention of what failed runs leave on a stage (``shardtrain stage gc``), on a real local
 folder and an fsspec memory:// stage: old checkpoints and unnamed attempts go, published
 models and young leftovers stay."""
 

@@ -1,4 +1,6 @@
-"""Sharding: coverage, disjointness, determinism, equal lengths, balance by rows."""
+"""[Unit layer: the checks that need no Ray, process or server; the rest are in tests/integration/core/test_sharding.py.]
+
+Sharding: coverage, disjointness, determinism, equal lengths, balance by rows."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Stages against real storage: a local folder, memory://, S3 (moto server on loopback) and a
+"""[Unit layer: the checks that need no Ray, process or server; the rest are in tests/integration/core/test_stage.py.]
+
+Stages against real storage: a local folder, memory://, S3 (moto server on loopback) and a
 Snowpark local_testing stage."""
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Tuner (issue 20) on the session's real Ray: search algorithms against a known optimum, a
+"""[Unit layer: the checks that need no Ray, process or server; the rest are in tests/integration/core/test_tune.py.]
+
+Tuner (issue 20) on the session's real Ray: search algorithms against a known optimum, a
 vendor-style program around XGBEstimator, and bad input refused before any trial starts."""
 
 from __future__ import annotations

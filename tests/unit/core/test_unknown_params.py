@@ -1,4 +1,6 @@
-"""Unknown training parameters are named once on the driver, with the closest known name
+"""[Unit layer: the checks that need no Ray, process or server; the rest are in tests/integration/core/test_unknown_params.py.]
+
+Unknown training parameters are named once on the driver, with the closest known name
 (XGBoost and LightGBM only warn inside the workers, in logs nobody reads)."""
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""Bad input refused early and clearly; nothing outside a model folder read or written;
+"""[Unit layer: the checks that need no Ray, process or server; the rest are in tests/integration/core/test_validation.py.]
+
+Bad input refused early and clearly; nothing outside a model folder read or written;
 no credential of a URL in any message or URI. Nothing here needs Ray: every refusal comes
 before a worker starts (a check that ran on the workers would need a cluster to fail)."""
 

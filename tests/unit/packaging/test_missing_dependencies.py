@@ -1,4 +1,6 @@
-"""A missing optional library is a ``MissingDependencyError`` raised on the driver before any
+"""[Unit layer: the checks that need no Ray, process or server; the rest are in tests/system/packaging/test_missing_dependencies.py.]
+
+A missing optional library is a ``MissingDependencyError`` raised on the driver before any
 worker starts (before Ray is even reached), naming the package and the extra; it used to be a
 raw ``ModuleNotFoundError`` from inside a Ray worker after the cluster had started."""
 

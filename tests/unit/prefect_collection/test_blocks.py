@@ -1,4 +1,6 @@
-"""The collection is found by Prefect, and its blocks save and load through the real API."""
+"""[Unit layer: the checks that need no Ray, process or server; the rest are in tests/integration/prefect_collection/test_blocks.py.]
+
+The collection is found by Prefect, and its blocks save and load through the real API."""
 
 from __future__ import annotations
 

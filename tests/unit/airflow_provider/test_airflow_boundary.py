@@ -380,3 +380,38 @@ def test_the_triggers_on_kill_returns_once_the_job_has_ended(monkeypatch):
     trigger = ray_job.RayJobTrigger(submission_id="shardtrain-r-1", spec=spec.to_dict())
     asyncio.run(trigger.on_kill())
     assert client.jobs["shardtrain-r-1"]["status"] == "STOPPED"
+
+
+def test_a_try_killed_itself_fails_with_its_stopped_job_and_starts_no_other(monkeypatch):
+    """Airflow's SIGTERM handler calls on_kill and returns into execute(), whose wait then sees
+    the job STOPPED with shardtrain's marker: this try's own stop, not an earlier try's."""
+    from shardtrain_airflow.operators import XGBoostTrainOperator
+    from shardtrain_airflow.operators import train as train_module
+
+    client = FakeJobClient()
+    monkeypatch.setattr(JobTarget, "client", lambda self: client)
+    monkeypatch.setattr(train_module.RayHook, "job_target", lambda self: TARGET)
+    monkeypatch.setattr(train_module, "request_id_for", lambda ti: "r")
+    monkeypatch.setattr(train_module, "shutdown_workers", lambda: None)
+    monkeypatch.setattr(handle_module.time, "sleep", lambda s: None)
+    op = XGBoostTrainOperator(
+        task_id="train",
+        path="/data/train.parquet",
+        input_cols=["A", "B"],
+        label_col="Y",
+        artifact_stage_location="/tmp/stage",
+        run_as_job=True,
+        poll_interval=0,
+    )
+    real_status = FakeJobClient.get_job_status
+
+    def status(self, sid):  # the SIGTERM arrives while execute() waits
+        if not op._killed:
+            op.on_kill()
+        return real_status(self, sid)
+
+    monkeypatch.setattr(FakeJobClient, "get_job_status", status)
+    ti = SimpleNamespace(xcom_push=lambda key, value: None)
+    with pytest.raises(JobStoppedError):
+        op.execute({"ti": ti})
+    assert sorted(client.jobs) == ["shardtrain-r-1", "shardtrain-r-1-stop"]

@@ -139,6 +139,7 @@ class TrainOperator(BaseOperator):
         self.run_as_job = run_as_job  # None: as the ray connection says (a job_server: jobs)
         self.poll_interval = poll_interval
         self._job: JobHandle | None = None
+        self._killed = False  # on_kill ran in this process: a STOPPED job is this try's own
         self.scaling_config = scaling_config or {}
         self.failure_config = failure_config or {}
         self.artifact_stage_location = artifact_stage_location
@@ -273,8 +274,9 @@ class TrainOperator(BaseOperator):
     def _stopped_by_a_kill(self, handle: JobHandle) -> bool:
         """A job that ended STOPPED because an earlier try was killed (shardtrain asked for
         the stop; this try was not killed, or it would not be here): start the next attempt.
-        A job a user stopped on the cluster fails the task."""
-        if not handle.stop_requested():
+        A job a user stopped on the cluster fails the task, and so does this try's own
+        ``on_kill`` (Airflow's SIGTERM handler returns into ``execute``)."""
+        if self._killed or not handle.stop_requested():
             return False
         self.log.info(
             "Ray job %s (request %s) was stopped by the kill of an earlier try: starting the "
@@ -326,6 +328,7 @@ class TrainOperator(BaseOperator):
         """The task is being killed (marked failed, cleared, timed out): stop the Ray job so
         it publishes nothing (waiting at most ``KILL_STOP_WAIT_S`` for it to end), or tear
         down this process's workers."""
+        self._killed = True
         job = self._job
         if job is not None:
             self.log.info(

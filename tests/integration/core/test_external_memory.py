@@ -10,8 +10,11 @@ or killed ones included. The quality bar is the issue's: within 1% of the in-mem
 from __future__ import annotations
 
 import os
+import queue as queues
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -351,3 +354,65 @@ def test_grouped_sketch_bounds_the_memory_of_building_the_cache(tmp_path, monkey
     assert grown_whole > 0.8 * whole, (grown_whole, whole)  # the model is not an overcount
     assert grown_grouped < grouped + 16, (grown_grouped, grouped)  # + a batch and its page
     assert matrix.num_row() == 40_000
+
+
+def _grouped_and_whole_cuts(rank, tracker_args, folder, queue):
+    """One rank of a 2-rank XGBoost collective (no Ray): its half of the awkward data's cuts,
+    sketched in groups and whole."""
+    from shardtrain.data.data_connector import DataConnector
+    from shardtrain.modeling.distributors import xgboost_worker
+    from shardtrain.runtime import memory
+
+    frame = awkward_frame(20_000, 5).iloc[rank * 9000 : 9000 + rank * 11_000]  # 9k and 11k rows
+    columns = [c for c in frame.columns if c != "Y"]
+    data = DataConnector.from_pandas(frame.reset_index(drop=True))
+    memory.EXTMEM_SKETCH_BYTES = 4 * memory.sketch_feature_bytes(11_000, 64)
+    with xgb.collective.CommunicatorContext(**tracker_args, dmlc_task_id=str(rank)):
+        ref = xgboost_worker.sketch_reference(data, columns, 64, 1, Path(folder), lambda k: 2000)
+        cuts = []
+        for name, reference in (("grouped", ref), ("whole", None)):
+            it = xgboost_worker.ArrowIter(
+                data, columns, "Y", cache_prefix=f"{folder}/{name}{rank}", batch_rows=2000
+            )
+            matrix = xgb.ExtMemQuantileDMatrix(it, ref=reference, max_bin=64, nthread=1)
+            cuts.append([a.tolist() for a in matrix.get_quantile_cut()])
+            del matrix
+    queue.put((rank, ref is not None, cuts))
+
+
+def test_grouped_sketch_across_ranks_gives_the_collectives_cuts(tmp_path):
+    """Two ranks of unequal shards: each group's sketch is merged across ranks, the value
+    ranges too, so every rank gets the cuts XGBoost's own distributed sketch gives."""
+    import multiprocessing
+
+    from xgboost.tracker import RabitTracker
+
+    tracker = RabitTracker(n_workers=2, host_ip="127.0.0.1", sortby="task", timeout=120)
+    tracker.start()
+    spawn = multiprocessing.get_context("spawn")
+    queue = spawn.Queue()
+    ranks = [
+        spawn.Process(
+            target=_grouped_and_whole_cuts,
+            args=(rank, tracker.worker_args(), str(tmp_path), queue),
+        )
+        for rank in range(2)
+    ]
+    for process in ranks:
+        process.start()
+    results, deadline = {}, time.monotonic() + 120
+    while len(results) < 2 and time.monotonic() < deadline:
+        try:
+            rank, grouped, cuts = queue.get(timeout=1)
+            results[rank] = (grouped, cuts)
+        except queues.Empty:
+            assert all(p.is_alive() or p.exitcode == 0 for p in ranks), "a rank failed"
+    for process in ranks:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    tracker.free()
+    for rank in range(2):
+        used_groups, (grouped, whole) = results[rank]
+        assert used_groups
+        assert grouped == whole
+    assert results[0][1][1] == results[1][1][1]  # one set of cuts for the whole fit

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import json
 import logging
 import shlex
 import signal
@@ -310,20 +311,109 @@ def test_a_try_that_finds_its_job_stopped_by_an_earlier_kill_starts_the_next_att
 
 
 def test_the_trigger_module_imports_only_airflow_and_the_standard_library():
-    """The triggerer imports trigger classes in its event loop: shardtrain, Ray and pyarrow
-    (~0.4-0.9 s) are imported in the trigger's thread instead."""
+    """The triggerer imports trigger classes in its event loop, and whatever a trigger imports
+    later, even in a thread, can stall it: shardtrain's package, Ray and pyarrow (~0.4-1.5 s,
+    their C extensions' init holds the GIL) are never imported; httpx comes with Airflow's
+    trigger base."""
     from shardtrain_airflow.triggers import ray_job
 
-    source = Path(ray_job.__file__)
-    top = [
-        n for n in ast.parse(source.read_text()).body if isinstance(n, ast.Import | ast.ImportFrom)
-    ]
-    modules = {
+    tree = ast.parse(Path(ray_job.__file__).read_text())
+
+    def roots(nodes):
+        return {
+            (n.module if isinstance(n, ast.ImportFrom) else a.name).split(".")[0]
+            for n in nodes
+            if isinstance(n, ast.Import | ast.ImportFrom)
+            for a in n.names
+        }
+
+    stdlib = {"asyncio", "collections", "contextvars", "importlib", "json", "os", "pathlib"}
+    stdlib |= {"re", "sys", "typing"}
+    assert roots(tree.body) <= {"__future__", "airflow"} | stdlib, roots(tree.body)
+    # In functions: httpx (loaded with Airflow's trigger base) and its anyio backend.
+    assert roots(ast.walk(tree)) <= {"__future__", "airflow", "httpx", "anyio"} | stdlib
+
+
+def test_the_job_conventions_are_loaded_without_the_shardtrain_package():
+    """The trigger loads shardtrain/jobs/conventions.py by its path: the same rules as
+    JobHandle's, from a file that imports only the standard library."""
+    from shardtrain.jobs import conventions
+    from shardtrain_airflow.triggers import ray_job
+
+    tree = ast.parse(Path(conventions.__file__).read_text())
+    imported = {
         (n.module if isinstance(n, ast.ImportFrom) else a.name).split(".")[0]
-        for n in top
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Import | ast.ImportFrom)
         for a in n.names
     }
-    assert modules <= {"__future__", "asyncio", "collections", "typing", "airflow"}, modules
+    assert imported <= {"__future__", "re"}, imported
+    loaded = sys.modules.pop("shardtrain.jobs.conventions")
+    try:
+        sys.modules.pop(ray_job._CONVENTIONS, None)
+        module = ray_job.job_conventions()
+    finally:
+        sys.modules["shardtrain.jobs.conventions"] = loaded
+        sys.modules.pop(ray_job._CONVENTIONS, None)
+    assert module is not loaded and module.__file__ == loaded.__file__
+    assert module.new_log_lines("a\x1b[31mb\x1b[0m\nc", 0) == (["ab"], len("a\x1b[31mb\x1b[0m\n"))
+    assert module.stop_marker_request("j") == {
+        "entrypoint": "true",
+        "submission_id": handle_module.stop_marker_id("j"),
+        "metadata": {"shardtrain_stop_of": "j"},
+        "entrypoint_num_cpus": 0,
+    }
+
+
+class FakeJobServer:
+    """Ray's job server REST API (the routes the trigger calls) over a FakeJobClient, as an
+    in-process httpx transport; it records each request's method, path and headers."""
+
+    def __init__(self, client: FakeJobClient) -> None:
+        self.client = client
+        self.requests: list[tuple[str, str, dict]] = []
+
+    def transport(self):
+        import httpx
+
+        def handle(request: httpx.Request) -> httpx.Response:
+            path, method = request.url.path, request.method
+            self.requests.append((method, path, dict(request.headers)))
+            if (method, path) == ("POST", "/api/jobs/"):
+                body = json.loads(request.content)
+                try:
+                    self.client.submit_job(**body)
+                except RuntimeError as exc:  # the server answers with the traceback
+                    return httpx.Response(500, text=f"Traceback (most recent call last):\n{exc}")
+                return httpx.Response(200, json={"submission_id": body["submission_id"]})
+            sid, _, what = path.removeprefix("/api/jobs/").partition("/")
+            if sid not in self.client.jobs:
+                return httpx.Response(404, text=f"Job {sid} does not exist")
+            if (method, what) == ("GET", ""):
+                return httpx.Response(200, json={"status": self.client.get_job_status(sid)})
+            if (method, what) == ("GET", "logs"):
+                return httpx.Response(200, json={"logs": self.client.get_job_logs(sid)})
+            if (method, what) == ("POST", "stop"):
+                return httpx.Response(200, json={"stopped": self.client.stop_job(sid)})
+            return httpx.Response(405)
+
+        return httpx.MockTransport(handle)
+
+
+#: What the trigger's on_kill logs first (the stop's outcome follows).
+KILLED = ("info", "the task was killed: stopping Ray job shardtrain-r-1 (request r)")
+
+
+def _trigger_log(monkeypatch, ray_job):
+    records: list[tuple[str, str]] = []
+    log = SimpleNamespace(
+        **{
+            level: (lambda msg, *a, level=level: records.append((level, msg % a)))
+            for level in ("debug", "info", "warning")
+        }
+    )
+    monkeypatch.setattr(ray_job.RayJobTrigger, "log", property(lambda self: log))
+    return records
 
 
 def test_the_trigger_resumes_from_its_offset_and_its_event_names_job_and_request(monkeypatch):
@@ -331,27 +421,23 @@ def test_the_trigger_resumes_from_its_offset_and_its_event_names_job_and_request
 
     client = FakeJobClient()
     client.add("shardtrain-r-1", "SUCCEEDED", log="line 1\nline 2\nline 3\n")
+    server = FakeJobServer(client)
+    monkeypatch.setattr(ray_job.RayJobTrigger, "transport", server.transport())
     spec = _spec("r")
-
-    def handle(self):
-        return JobHandle(
-            self.submission_id, spec, TARGET, log_offset=self.log_offset, _client=client
-        )
-
-    monkeypatch.setattr(ray_job.RayJobTrigger, "_handle", handle)
     trigger = ray_job.RayJobTrigger(
-        submission_id="shardtrain-r-1", spec=spec.to_dict(), log_offset=len("line 1\n")
+        submission_id="shardtrain-r-1",
+        spec=spec.to_dict(),
+        log_offset=len("line 1\n"),
+        job_server="http://head:8265",
     )
-    forwarded = []
-    log = SimpleNamespace(info=lambda msg, *a: forwarded.append(msg % a), debug=print)
-    monkeypatch.setattr(ray_job.RayJobTrigger, "log", property(lambda self: log))
+    records = _trigger_log(monkeypatch, ray_job)
 
     async def first_event():
         async for event in trigger.run():
             return event
 
     event = asyncio.run(first_event()).payload
-    assert [x for x in forwarded if x.startswith("[ray job]")] == [
+    assert [m for _, m in records if m.startswith("[ray job]")] == [
         "[ray job] line 2",
         "[ray job] line 3",
     ]
@@ -363,23 +449,231 @@ def test_the_trigger_resumes_from_its_offset_and_its_event_names_job_and_request
     }
     _, kwargs = trigger.serialize()
     assert kwargs["log_offset"] == event["log_offset"]
+    assert (
+        "info",
+        "waiting for Ray job shardtrain-r-1 (request r): http://head:8265/#/jobs/shardtrain-r-1",
+    ) in records
 
 
-def test_the_triggers_on_kill_returns_once_the_job_has_ended(monkeypatch):
+def test_the_trigger_forwards_whole_cleaned_lines_while_the_job_runs(monkeypatch):
+    from shardtrain_airflow.triggers import ray_job
+
+    client = FakeJobClient()
+    client.add("shardtrain-r-1", log="\x1b[32m[1]\x1b[0m a\n[2] b still being wri")
+    server = FakeJobServer(client)
+    monkeypatch.setattr(ray_job.RayJobTrigger, "transport", server.transport())
+    trigger = ray_job.RayJobTrigger(
+        submission_id="shardtrain-r-1",
+        spec=_spec("r").to_dict(),
+        poll_interval=0,
+        job_server="http://head:8265",
+    )
+    records = _trigger_log(monkeypatch, ray_job)
+    polls = 0
+
+    def status(sid):  # the job writes on, then ends with a last line without its newline
+        nonlocal polls
+        polls += 1
+        if polls == 2:
+            client.jobs[sid]["log"] += "tten\nlast"
+            client.jobs[sid]["status"] = "SUCCEEDED"
+        return client.jobs[sid]["status"]
+
+    monkeypatch.setattr(client, "get_job_status", status)
+
+    async def first_event():
+        async for event in trigger.run():
+            return event
+
+    event = asyncio.run(first_event()).payload
+    assert [m for _, m in records if m.startswith("[ray job]")] == [
+        "[ray job] [1] a",
+        "[ray job] [2] b still being written",
+        "[ray job] last",
+    ]
+    assert event["status"] == "SUCCEEDED"
+    assert event["log_offset"] == len(client.jobs["shardtrain-r-1"]["log"])
+
+
+def test_the_trigger_reads_the_token_when_it_runs_and_never_keeps_or_logs_it(monkeypatch, tmp_path):
+    """The connection's password, or the local cluster's token file, becomes the bearer
+    header of each request; the trigger's kwargs (stored in Airflow's DB) never hold it."""
+    from airflow.sdk.definitions.connection import Connection
+
+    from shardtrain_airflow.triggers import ray_job
+
+    client = FakeJobClient()
+    client.add("shardtrain-r-1", "SUCCEEDED", log="done\n")
+    server = FakeJobServer(client)
+    monkeypatch.setattr(ray_job.RayJobTrigger, "transport", server.transport())
+    records = _trigger_log(monkeypatch, ray_job)
+
+    async def conn(conn_id):
+        assert conn_id == "ray_remote"
+        return SimpleNamespace(
+            extra_dejson={"job_server": "http://remote:8265"}, password="conn-secret-token"
+        )
+
+    monkeypatch.setattr(Connection, "async_get", staticmethod(conn))
+    folder = tmp_path / "cluster"
+    folder.mkdir()
+    (folder / "cluster.json").write_text(
+        json.dumps({"dashboard_url": "http://127.0.0.1:8999", "cluster_dir": str(folder)})
+    )
+    (folder / "auth_token").write_text("local-secret-token\n")
+    monkeypatch.setenv("SHARDTRAIN_HOME", str(tmp_path))
+
+    async def first_event(trigger):
+        async for event in trigger.run():
+            return event
+
+    spec = _spec("r").to_dict()
+    cases = [
+        (
+            ray_job.RayJobTrigger(
+                submission_id="shardtrain-r-1", spec=spec, ray_conn_id="ray_remote"
+            ),
+            "remote:8265",
+            "conn-secret-token",
+        ),
+        (
+            ray_job.RayJobTrigger(submission_id="shardtrain-r-1", spec=spec),
+            "127.0.0.1:8999",
+            "local-secret-token",
+        ),
+        (
+            ray_job.RayJobTrigger(
+                submission_id="shardtrain-r-1", spec=spec, job_server="http://127.0.0.1:8777"
+            ),
+            "127.0.0.1:8777",
+            "local-secret-token",
+        ),
+    ]
+    for trigger, host, token in cases:
+        server.requests.clear()
+        assert asyncio.run(first_event(trigger)).payload["status"] == "SUCCEEDED"
+        assert server.requests and all(
+            headers["authorization"] == f"Bearer {token}" for _, _, headers in server.requests
+        )
+        assert all(m.startswith(("waiting for Ray job", "[ray job]")) for _, m in records)
+        assert host in records[0][1] and all("secret" not in m for _, m in records)
+        assert "secret" not in json.dumps(trigger.serialize())
+        records.clear()
+    # An address carrying user info is never kept: the connection's is used when it runs.
+    trigger = ray_job.RayJobTrigger(
+        submission_id="shardtrain-r-1", spec=spec, job_server="http://u:secret@remote:8265"
+    )
+    assert trigger.serialize()[1]["job_server"] is None
+
+
+def test_the_triggers_on_kill_records_the_stop_and_returns_once_the_job_has_ended(monkeypatch):
     from shardtrain_airflow.triggers import ray_job
 
     client = FakeJobClient()
     client.add("shardtrain-r-1")
+    server = FakeJobServer(client)
+    monkeypatch.setattr(ray_job.RayJobTrigger, "transport", server.transport())
+    monkeypatch.setattr(ray_job, "STOP_POLL_S", 0)
+    records = _trigger_log(monkeypatch, ray_job)
     spec = _spec("r")
-    monkeypatch.setattr(
-        ray_job.RayJobTrigger,
-        "_handle",
-        lambda self: JobHandle(self.submission_id, spec, TARGET, _client=client),
+    trigger = ray_job.RayJobTrigger(
+        submission_id="shardtrain-r-1", spec=spec.to_dict(), job_server="http://head:8265"
     )
-    monkeypatch.setattr(handle_module.time, "sleep", lambda s: None)
-    trigger = ray_job.RayJobTrigger(submission_id="shardtrain-r-1", spec=spec.to_dict())
     asyncio.run(trigger.on_kill())
     assert client.jobs["shardtrain-r-1"]["status"] == "STOPPED"
+    # The marker JobHandle.cancel submits too: submit() never reattaches to this job.
+    marker = client.jobs[handle_module.stop_marker_id("shardtrain-r-1")]
+    assert marker["entrypoint"] == "true"
+    assert JobHandle("shardtrain-r-1", spec, TARGET, _client=client).stop_requested()
+    assert records == [KILLED, ("info", "stopped Ray job shardtrain-r-1 (request r): STOPPED")]
+    # A second kill (the marker is there, the job has ended) returns at once, quietly.
+    records.clear()
+    asyncio.run(trigger.on_kill())
+    assert records == [KILLED, ("info", "stopped Ray job shardtrain-r-1 (request r): STOPPED")]
+
+
+def test_a_cancelled_on_kill_still_stops_the_job_and_logs_how_it_ended(monkeypatch):
+    """Airflow 3.3's triggerer awaits on_kill with wait_for, and cancels it again at its next
+    state sync (about a second later): the stop goes on, and its outcome is logged after."""
+    from shardtrain_airflow.triggers import ray_job
+
+    client = FakeJobClient()
+    client.add("shardtrain-r-1")
+    client.stopping_polls = 20
+    server = FakeJobServer(client)
+    monkeypatch.setattr(ray_job.RayJobTrigger, "transport", server.transport())
+    monkeypatch.setattr(ray_job, "STOP_POLL_S", 0.01)
+    records = _trigger_log(monkeypatch, ray_job)
+    trigger = ray_job.RayJobTrigger(
+        submission_id="shardtrain-r-1", spec=_spec("r").to_dict(), job_server="http://head:8265"
+    )
+
+    async def triggerer():
+        run_trigger = asyncio.ensure_future(asyncio.wait_for(trigger.on_kill(), timeout=30))
+        while not any(p.endswith("/stop") for _, p, _ in server.requests):
+            await asyncio.sleep(0.001)
+        run_trigger.cancel()  # the next sync's cancel, while the job is still stopping
+        with pytest.raises(asyncio.CancelledError):
+            await run_trigger
+        assert client.jobs["shardtrain-r-1"]["status"] == "RUNNING"
+        while ray_job._STOPPING:
+            await asyncio.sleep(0.01)
+
+    asyncio.run(triggerer())
+    assert client.jobs["shardtrain-r-1"]["status"] == "STOPPED"
+    assert handle_module.stop_marker_id("shardtrain-r-1") in client.jobs
+    assert records == [
+        KILLED,
+        (
+            "info",
+            "the triggerer cancelled on_kill: the stop of Ray job shardtrain-r-1 goes on, its "
+            "outcome is logged in the triggerer's log",
+        ),
+        ("info", "stopped Ray job shardtrain-r-1 (request r): STOPPED"),
+    ]
+
+
+def test_the_triggers_on_kill_is_bounded_and_says_so_when_the_job_does_not_end(monkeypatch):
+    from shardtrain_airflow.triggers import ray_job
+
+    client = FakeJobClient()
+    client.add("shardtrain-r-1")
+    client.stopping_polls = 10**9  # never ends
+    server = FakeJobServer(client)
+    monkeypatch.setattr(ray_job.RayJobTrigger, "transport", server.transport())
+    monkeypatch.setattr(ray_job, "STOP_WAIT_S", 0.3)
+    monkeypatch.setattr(ray_job, "STOP_POLL_S", 0.01)
+    records = _trigger_log(monkeypatch, ray_job)
+    trigger = ray_job.RayJobTrigger(
+        submission_id="shardtrain-r-1", spec=_spec("r").to_dict(), job_server="http://head:8265"
+    )
+    started = time.monotonic()
+    asyncio.run(trigger.on_kill())
+    assert time.monotonic() - started < 2
+    assert ("POST", "/api/jobs/shardtrain-r-1/stop") in [(m, p) for m, p, _ in server.requests]
+    assert records == [
+        KILLED,
+        ("warning", "asked Ray job shardtrain-r-1 (request r) to stop; still RUNNING after 0 s"),
+    ]
+
+
+def test_the_triggers_on_kill_logs_a_job_server_that_does_not_answer(monkeypatch):
+    import httpx
+
+    from shardtrain_airflow.triggers import ray_job
+
+    def refused(request):
+        raise httpx.ConnectError("connection refused", request=request)
+
+    monkeypatch.setattr(ray_job.RayJobTrigger, "transport", httpx.MockTransport(refused))
+    records = _trigger_log(monkeypatch, ray_job)
+    trigger = ray_job.RayJobTrigger(
+        submission_id="shardtrain-r-1", spec=_spec("r").to_dict(), job_server="http://head:8265"
+    )
+    asyncio.run(trigger.on_kill())
+    assert records[0] == KILLED and [level for level, _ in records[1:]] == ["warning", "warning"]
+    assert "could not record the stop" in records[1][1]
+    assert records[2][1].startswith("could not stop Ray job shardtrain-r-1 (request r): no answer")
 
 
 def test_a_try_killed_itself_fails_with_its_stopped_job_and_starts_no_other(monkeypatch):

@@ -46,7 +46,7 @@ from shardtrain_airflow.links import (
     TrainingCurveLink,
     record_dashboard,
 )
-from shardtrain_airflow.triggers.ray_job import LOG_OFFSET_XCOM, RayJobTrigger
+from shardtrain_airflow.triggers.ray_job import RayJobTrigger
 
 try:  # Airflow 3.1+
     from airflow.sdk.configuration import conf
@@ -223,10 +223,6 @@ class TrainOperator(BaseOperator):
         for restart in range(MAX_RESTARTS_AFTER_STOP + 1):
             handle = self._submit(spec, target, context)
             if self.deferrable and handle.status() not in TERMINAL:
-                context["ti"].xcom_push(
-                    key=LOG_OFFSET_XCOM,
-                    value={"submission_id": handle.submission_id, "offset": handle.log_offset},
-                )
                 self.defer(
                     trigger=RayJobTrigger(
                         submission_id=handle.submission_id,
@@ -234,6 +230,7 @@ class TrainOperator(BaseOperator):
                         ray_conn_id=self.ray_conn_id,
                         poll_interval=self.poll_interval,
                         log_offset=handle.log_offset,
+                        job_server=target.address,  # its token: read by the trigger
                     ),
                     method_name="execute_complete",
                 )

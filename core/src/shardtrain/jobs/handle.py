@@ -8,7 +8,6 @@ request's model.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,60 +15,50 @@ from typing import Any
 
 from shardtrain.errors import JobError, JobFailedError, JobServerError, JobStoppedError
 from shardtrain.integrations import TrainingSpec
+from shardtrain.jobs.conventions import (  # stdlib only: Airflow's trigger loads it too
+    FAILED,
+    MAX_LOG_LINE_CHARS,
+    PENDING,
+    RUNNING,
+    STOP_MARKER_SUFFIX,
+    STOPPED,
+    SUCCEEDED,
+    TERMINAL,
+    clean_log_line,
+    new_log_lines,
+    stop_marker_id,
+    stop_marker_request,
+)
 from shardtrain.jobs.target import JobTarget
 from shardtrain.model.artifact import ModelArtifact
 from shardtrain.model.manifest import MANIFEST, read_manifest
 from shardtrain.stage import open_stage
 from shardtrain.stage.base import join
 
-#: Job states as Ray's job server names them.
-PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED = (
+__all__ = [  # the states, cleaning and stop marker are conventions.py's, re-exported
+    "FAILED",
+    "LOG_TAIL_LINES",
+    "MAX_LOG_LINE_CHARS",
     "PENDING",
     "RUNNING",
-    "SUCCEEDED",
-    "FAILED",
     "STOPPED",
-)
-TERMINAL = frozenset({SUCCEEDED, FAILED, STOPPED})
+    "STOP_MARKER_SUFFIX",
+    "STOP_WAIT_S",
+    "SUCCEEDED",
+    "TERMINAL",
+    "JobHandle",
+    "clean_log_line",
+    "read_published",
+    "stop_marker_id",
+]
+
 #: Lines of the job's log a failure message carries.
 LOG_TAIL_LINES = 20
-#: A forwarded log line longer than this is cut (with a marker saying how much was cut).
-MAX_LOG_LINE_CHARS = 2000
 #: Seconds ``stop()`` waits by default for a stopped job to reach a terminal state (Ray's job
 #: server stops the driver with SIGTERM, then SIGKILL after 3 s).
 STOP_WAIT_S = 20.0
-#: A stop that shardtrain requested is recorded as a marker job named after the stopped job
-#: (``<submission id>-stop``, a no-op): ``submit`` never reattaches to a job that has one, and
-#: a try that finds its job STOPPED by an earlier try's kill starts the next attempt.
-STOP_MARKER_SUFFIX = "-stop"
 
 logger = logging.getLogger("shardtrain.jobs")
-
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
-#: Ray's first line of a job's log names the whole entrypoint, the spec's JSON included.
-_SPEC_ARG = re.compile(r"""--spec\s+('(?:[^']|'"'"')*'|\S+)""")
-_REQUEST = re.compile(r'"request_id":\s*"([^"]*)"')
-
-
-def clean_log_line(line: str, *, max_chars: int = MAX_LOG_LINE_CHARS) -> str:
-    """A job log line as shardtrain forwards it: ANSI colour codes stripped, an entrypoint's
-    ``--spec '<JSON>'`` shortened to the request id, and at most ``max_chars`` characters."""
-    line = _ANSI.sub("", line)
-    if "--spec" in line:
-
-        def short(match: re.Match) -> str:
-            request = _REQUEST.search(match.group(1))
-            return f"--spec <TrainingSpec of request {request.group(1) if request else '?'}>"
-
-        line = _SPEC_ARG.sub(short, line)
-    if len(line) > max_chars:
-        line = f"{line[:max_chars]}... [{len(line) - max_chars} more characters cut]"
-    return line
-
-
-def stop_marker_id(submission_id: str) -> str:
-    """The submission id of the marker that records a stop shardtrain requested."""
-    return f"{submission_id}{STOP_MARKER_SUFFIX}"
 
 
 @dataclass
@@ -133,13 +122,8 @@ class JobHandle:
         """The complete lines the job logged past ``log_offset``, cleaned (``clean_log_line``),
         and the offset moved past them; a line still being written waits for its newline
         unless ``final`` (the job has ended)."""
-        text = self.all_logs()
-        new = text[self.log_offset :]
-        if not final:
-            end = new.rfind("\n") + 1
-            new = new[:end]
-        self.log_offset += len(new)
-        return [clean_log_line(line) for line in new.splitlines()]
+        lines, self.log_offset = new_log_lines(self.all_logs(), self.log_offset, final=final)
+        return lines
 
     def wait(
         self,
@@ -226,12 +210,7 @@ class JobHandle:
 
     def _mark_stop_requested(self) -> None:
         try:
-            self.client.submit_job(
-                entrypoint="true",
-                submission_id=stop_marker_id(self.submission_id),
-                metadata={"shardtrain_stop_of": self.submission_id},
-                entrypoint_num_cpus=0,
-            )
+            self.client.submit_job(**stop_marker_request(self.submission_id))
         except RuntimeError as exc:
             if "already exists" not in str(exc):
                 logger.warning(

@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import platform
 import socket
 import subprocess
 
 import pytest
+
+# The standard library answers this once by running `uname -p` (mlflow and Snowpark ask when
+# first imported): asked here, before any test, the answer is cached and no test starts it.
+platform.processor()
 
 #: Fixtures of tests/conftest.py that start a service: never in a unit test.
 SERVICE_FIXTURES = frozenset(

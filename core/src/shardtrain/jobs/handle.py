@@ -32,6 +32,7 @@ from shardtrain.jobs.conventions import (  # stdlib only: Airflow's trigger load
 from shardtrain.jobs.target import JobTarget
 from shardtrain.model.artifact import ModelArtifact
 from shardtrain.model.manifest import MANIFEST, read_manifest
+from shardtrain.secrets import redact_text
 from shardtrain.stage import open_stage
 from shardtrain.stage.base import join
 
@@ -97,9 +98,9 @@ class JobHandle:
             return str(self.client.get_job_status(self.submission_id))
         except RuntimeError as exc:
             raise JobServerError(
-                f"the job server at {self.target.address} could not report job "
-                f"{self.submission_id}: {str(exc).splitlines()[0][:300]}",
-                address=self.target.address,
+                f"the job server at {self.target.shown_address} could not report job "
+                f"{self.submission_id}: {redact_text(str(exc).splitlines()[0][:300])}",
+                address=self.target.shown_address,
             ) from exc
 
     def all_logs(self) -> str:
@@ -108,8 +109,8 @@ class JobHandle:
             return self.client.get_job_logs(self.submission_id)
         except RuntimeError as exc:
             raise JobServerError(
-                f"could not read the log of job {self.submission_id}: {exc}",
-                address=self.target.address,
+                f"could not read the log of job {self.submission_id}: {redact_text(str(exc))}",
+                address=self.target.shown_address,
             ) from exc
 
     def logs(self) -> str:
@@ -184,7 +185,8 @@ class JobHandle:
             return bool(self.client.stop_job(self.submission_id))
         except RuntimeError as exc:
             raise JobServerError(
-                f"could not stop job {self.submission_id}: {exc}", address=self.target.address
+                f"could not stop job {self.submission_id}: {redact_text(str(exc))}",
+                address=self.target.shown_address,
             ) from exc
 
     def stop(self, *, wait_s: float = STOP_WAIT_S, poll_s: float = 0.25) -> str:
@@ -216,7 +218,7 @@ class JobHandle:
                 logger.warning(
                     "could not record the stop of job %s: %s",
                     self.submission_id,
-                    str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__,
+                    redact_text(str(exc).splitlines()[0][:300]) if str(exc) else type(exc).__name__,
                 )
 
     def stop_requested(self) -> bool:
@@ -227,8 +229,8 @@ class JobHandle:
             return any(job.submission_id == marker for job in self.client.list_jobs())
         except RuntimeError as exc:
             raise JobServerError(
-                f"could not list the jobs of {self.target.address}: {exc}",
-                address=self.target.address,
+                f"could not list the jobs of {self.target.shown_address}: {redact_text(str(exc))}",
+                address=self.target.shown_address,
             ) from exc
 
     def result(

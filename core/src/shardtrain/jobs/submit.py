@@ -20,6 +20,7 @@ from shardtrain.errors import ConfigError, JobServerError
 from shardtrain.integrations import TrainingSpec
 from shardtrain.jobs.handle import FAILED, STOP_MARKER_SUFFIX, STOPPED, JobHandle
 from shardtrain.jobs.target import JobTarget
+from shardtrain.secrets import redact_text
 from shardtrain.stage import default_stage_uri
 
 logger = logging.getLogger("shardtrain.jobs")
@@ -112,15 +113,15 @@ def submit(spec: TrainingSpec, target: JobTarget | None = None) -> JobHandle:
             if "already exists" in str(exc):
                 continue  # another submitter won this attempt: reattach to it
             raise JobServerError(
-                f"the job server at {target.address} refused the job: "
-                f"{str(exc).splitlines()[0][:500]}",
-                address=target.address,
+                f"the job server at {target.shown_address} refused the job: "
+                f"{redact_text(str(exc).splitlines()[0][:500])}",
+                address=target.shown_address,
             ) from exc
         logger.info("submitted job %s for request %s", sid, spec.request_id)
         return JobHandle(sid, spec, target, _client=client)
     raise JobServerError(
-        f"could not submit or find a job for request {spec.request_id} on {target.address}.",
-        address=target.address,
+        f"could not submit or find a job for request {spec.request_id} on {target.shown_address}.",
+        address=target.shown_address,
     )
 
 

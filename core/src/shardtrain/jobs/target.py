@@ -81,9 +81,14 @@ class JobTarget:
             is_local=True,
         )
 
+    @property
+    def shown_address(self) -> str:
+        """The address as messages, logs and links show it: without URL user info."""
+        return redact_text(self.address)
+
     def dashboard_link(self, submission_id: str) -> str:
         """The job's page in the Ray dashboard."""
-        return f"{redact_text(self.address)}/#/jobs/{submission_id}"  # shown: no user info
+        return f"{self.shown_address}/#/jobs/{submission_id}"
 
     def client(self):
         """A ``JobSubmissionClient`` for this server; ``JobServerError`` when none answers."""

@@ -291,5 +291,17 @@ def test_no_service_or_task_logs_a_missing_xcom(services):
         assert "XCom not found" not in text, (name, text[-3000:])
 
 
+#: The longest block of the triggerer's event loop this module accepts. Airflow's watchdog
+#: sleeps 0.1 s and warns past 0.2 s, so a single 0.1 s scheduling gap on this 2-core machine
+#: (four Airflow services, the Ray head and a training job at once; py-spy showed the
+#: triggerer idle then) trips its warning. The trigger's own stalls are bounded at 0.15 s, in
+#: a cold interpreter, by tests/integration/airflow_provider/test_trigger_event_loop.py; the
+#: block measured before this fix was 0.7-0.9 s at the trigger's start.
+MAX_BLOCKED_S = 0.5
+BLOCKED = re.compile(r"Triggerer's async thread was blocked for ([0-9.]+) seconds")
+
+
 def test_no_trigger_blocks_the_triggerers_event_loop(services):
-    assert "badly-written trigger" not in services.service_log("triggerer")
+    log = services.service_log("triggerer")
+    blocked = [float(s) for s in BLOCKED.findall(log)]
+    assert all(s < MAX_BLOCKED_S for s in blocked), (blocked, log[-3000:])

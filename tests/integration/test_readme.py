@@ -17,16 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_readme import _block
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 #: Objects the reader brings (a Snowpark session, a published artifact): never defined in a block.
 PLACEHOLDERS = {"session", "artifact"}
-
-
-def _block(marker: str) -> str:
-    found = [b for b in BLOCKS if marker in b]
-    assert len(found) == 1, f"expected one README block with {marker!r}, found {len(found)}"
-    return found[0]
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))

@@ -4,7 +4,6 @@ listed in its manifest; the plot's data (panels, the early-stopping mark) checke
 from __future__ import annotations
 
 import logging
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -21,22 +20,9 @@ from shardtrain.model.curves import (
 )
 from shardtrain.model.manifest import read_manifest
 from shardtrain.stage import open_stage
+from tests.unit.core.test_curves import png_size
 
 FEATURES = [f"F{i}" for i in range(6)]
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    """(width, height) from a PNG's IHDR chunk; fails unless the file is a PNG."""
-    data = Path(path).read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
-    return struct.unpack(">II", data[16:24])
-
-
-def history(train: list[float], eval_: list[float] | None = None, **kwargs) -> TrainingHistory:
-    metrics = {"train": {"rmse": train, "mae": [v / 2 for v in train]}}
-    if eval_ is not None:
-        metrics["eval"] = {"rmse": eval_}
-    return TrainingHistory(metrics, **kwargs)
 
 
 def frame(n: int, seed: int) -> pd.DataFrame:

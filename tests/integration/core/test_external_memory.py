@@ -29,21 +29,13 @@ from shardtrain.modeling.distributors.lightgbm import LightGBMEstimator
 from shardtrain.modeling.distributors.xgboost import XGBEstimator
 from shardtrain.runtime import worker_group
 from tests.helpers import kill_rank_once_checkpointed
+from tests.unit.core.test_external_memory import make_data
 
 FEATURES = [f"F{i}" for i in range(32)]
 TWO = {"num_workers": 2, "num_cpu_per_worker": 1}
 #: With PARAMS, 2 x 12k rows x 32 features need ~3.0 MiB a rank in memory (1.5 MiB of it the
 #: float32 shard) and ~2.2 MiB streamed (``XGBEstimator._shard_memory_bytes``).
 BUDGET = "9.5MiB"  # between the shards' streamed need (8.4 MiB: the quantile sketch) and in-memory need (10.5+ MiB)
-
-
-def make_data(n: int, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, len(FEATURES))).astype(np.float32)
-    frame = pd.DataFrame(x, columns=FEATURES)
-    frame["Y"] = x[:, 0] * 2 - x[:, 1] + np.sin(x[:, 2]) + 0.5 * x[:, 3] * x[:, 4]
-    frame["Y"] += rng.normal(0, 0.3, n)
-    return frame
 
 
 TRAIN, HOLDOUT = make_data(24_000, 1), make_data(4_000, 2)

@@ -26,21 +26,15 @@ from tests.helpers import (
     open_sessions,
     write_regression,
 )
-
-
-def xgb_spec(**overrides) -> TrainingSpec:
-    fields = dict(
-        framework="xgboost",
-        request_id="run-1",
-        train_data={"path": "/data/train"},
-        input_cols=FEATURES,
-        label_col=LABEL,
-    )
-    return TrainingSpec(**{**fields, **overrides})
+from tests.unit.core.test_integrations import xgb_spec
 
 
 def torch_spec(**overrides) -> TrainingSpec:
-    fields = dict(framework="pytorch", request_id="run-2", train_func="tests.integration.core.test_integrations:train")
+    fields = dict(
+        framework="pytorch",
+        request_id="run-2",
+        train_func="tests.integration.core.test_integrations:train",
+    )
     return TrainingSpec(**{**fields, **overrides})
 
 

@@ -17,28 +17,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pytest
 
 from shardtrain import DataConnector
 from shardtrain.data.source import Source
-from shardtrain.modeling.distributors.boosting import BoostingJob
 from shardtrain.modeling.distributors.lightgbm import LightGBMEstimator, LightGBMScalingConfig
 from shardtrain.runtime import worker_group
+from tests.unit.core.test_lightgbm_streaming import build, make_data
 
 FEATURES = [f"F{i}" for i in range(8)]
 TWO = {"num_workers": 2, "num_cpu_per_worker": 1}
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def make_data(n: int, seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, len(FEATURES)))  # float64: streamed as float64
-    frame = pd.DataFrame(x, columns=FEATURES)
-    frame["Y"] = x[:, 0] * 2 - x[:, 1] + np.sin(x[:, 2]) + 0.5 * x[:, 3] * x[:, 4]
-    frame["Y"] += rng.normal(0, 0.3, n)
-    return frame
 
 
 class Streamed(LightGBMEstimator):
@@ -95,37 +85,6 @@ def test_streamed_fit_matches_in_memory_fit(ray_cluster, tmp_path, caplog, capsy
     # the global eval metric is the held-out MSE whichever way the ranks binned
     eval_l2 = estimators["streamed"].get_eval_results()["eval"]["l2"]
     assert len(eval_l2) == 60 and eval_l2[-1] == pytest.approx(streamed**2, rel=1e-3)
-
-
-# -- the Dataset builder, in process ---------------------------------------------------------------
-def job(cols, params=None) -> BoostingJob:
-    return BoostingJob(
-        params=dict(params or {"objective": "regression", "verbose": -1, "num_threads": 1}),
-        num_boost_round=10,
-        early_stopping_rounds=None,
-        input_cols=list(cols),
-        label_col="Y",
-        init_model=None,
-        checkpoint_every=0,
-    )
-
-
-def build(connector, evals, params, streamed, batch_rows=None, construct=True):
-    from shardtrain.modeling.distributors import lightgbm_worker
-
-    spec = job([c for c in connector.columns if c != "Y"], params)
-    dtrain, deval = lightgbm_worker.shard_datasets(
-        connector, evals, spec, streamed=streamed, batch_rows=batch_rows
-    )
-    for dataset in (dtrain, deval):
-        if dataset is not None:
-            dataset.params = dict(spec.params)
-    if not construct:  # as on a rank: lightgbm.train constructs (with init_model: scores)
-        return dtrain, deval
-    dtrain.construct()
-    if deval is not None:
-        deval.construct()
-    return dtrain, deval
 
 
 class GeneratedSource(Source):

@@ -7,23 +7,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tests.unit.core.test_loading_perf_paths import _table
+
 ROWS = 23_456
-
-
-def _table(rows: int = ROWS) -> pa.Table:
-    rng = np.random.default_rng(7)
-    return pa.table(
-        {
-            "i": np.arange(rows, dtype=np.int64),
-            "f": rng.standard_normal(rows).astype(np.float32),
-            "u8": (np.arange(rows) % 251).astype(np.uint8),
-            "d": rng.standard_normal(rows),
-        }
-    )
 
 
 def test_a_process_that_reads_then_exits_exits_cleanly(tmp_path):

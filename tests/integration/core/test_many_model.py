@@ -12,7 +12,6 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -28,15 +27,9 @@ from shardtrain.modeling.distributors.many_model import (
 )
 from shardtrain.modeling.serde import PickleSerde
 from shardtrain.stage import open_stage
+from tests.unit.core.test_many_model import stores
 
 xgboost = pytest.importorskip("xgboost")
-
-
-def stores(partitions: int = 10, rows: int = 60, seed: int = 0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    store = np.repeat(np.arange(partitions), rows)
-    x1, x2 = rng.normal(size=store.size), rng.normal(size=store.size)
-    return pd.DataFrame({"store": store, "x1": x1, "x2": x2, "y": x1 * (store + 1) + x2})
 
 
 def make_train(calls: Path, fail: str | None = None, marker: Path | None = None):

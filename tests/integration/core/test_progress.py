@@ -13,29 +13,8 @@ from shardtrain.runtime import progress as progress_module
 from shardtrain.runtime.progress import (
     LINE_EVERY_S,
     Progress,
-    ProgressReporter,
     observe_progress,
 )
-
-
-class Clock:
-    """Seconds that move only when the test says (the reporter reads time through it)."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def reporter(total: int, clock: Clock, observers=()) -> tuple[ProgressReporter, list[str]]:
-    lines: list[str] = []
-    return (
-        ProgressReporter(
-            total, started=clock(), line=lines.append, observers=tuple(observers), clock=clock
-        ),
-        lines,
-    )
 
 
 @pytest.fixture(scope="module")

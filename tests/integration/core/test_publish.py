@@ -20,14 +20,7 @@ from shardtrain.model.load import fetch_model, load_model, read_manifest
 from shardtrain.model.publish import MANIFEST, publish_model
 from shardtrain.stage import open_stage
 from tests.integration.core.publish_workers import X, Y, publish_in_process
-
-
-def xgb_dir(tmp_path, rounds=5):
-    booster = xgb.train({"max_depth": 3}, xgb.DMatrix(X, label=Y), rounds)
-    folder = tmp_path / f"xgb{rounds}"
-    folder.mkdir()
-    booster.save_model(str(folder / "model.ubj"))
-    return folder, booster
+from tests.unit.core.test_publish import xgb_dir
 
 
 def lgb_dir(tmp_path):

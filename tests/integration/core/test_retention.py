@@ -13,17 +13,9 @@ import pytest
 from shardtrain import open_stage
 from shardtrain.errors import ConfigError
 from shardtrain.runtime.retention import parse_age
-from shardtrain.runtime.run import Checkpoint, CheckpointStore
+from tests.unit.core.test_retention import _leave_failed_run
 
 DAY = 86400.0
-
-
-def _leave_failed_run(stage, request_id):
-    """What a run that died leaves: a checkpoint and an attempt folder no manifest names."""
-    CheckpointStore(stage, request_id, "model.json").save(Checkpoint(7, b"partial", {}))
-    stage.write_bytes(
-        f"model/{request_id}/attempt-20260101T000000000000Z-deadbeef/model.json", b"x"
-    )
 
 
 def test_ages_and_the_cli(tmp_path):

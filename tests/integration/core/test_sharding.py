@@ -8,10 +8,7 @@ import pyarrow.parquet as pq
 
 from shardtrain import ShardedDataConnector
 from shardtrain.runtime.worker_context import WorkerInfo, bind_worker
-
-
-def ids_of(connector) -> list[int]:
-    return [i for b in connector.iter_batches(columns=["ID"]) for i in b.column("ID").to_pylist()]
+from tests.unit.core.test_sharding import ids_of
 
 
 def test_get_shard_inside_ray_workers(ray_cluster, tmp_path):

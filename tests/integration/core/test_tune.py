@@ -23,15 +23,9 @@ from shardtrain.modeling.tune import (
     uniform,
 )
 from shardtrain.modeling.tune.search import BayesOpt, GridSearch, RandomSearch
+from tests.unit.core.test_tune import quadratic, raises
 
 OPTIMUM = (0.3, 2.0)
-
-
-def quadratic():
-    """Minimum 0 at x=0.3, y=2."""
-    ctx = get_tuner_context()
-    p = ctx.get_hyper_params()
-    ctx.report(metrics={"loss": (p["x"] - OPTIMUM[0]) ** 2 + (p["y"] - OPTIMUM[1]) ** 2})
 
 
 def distance(row) -> float:
@@ -87,10 +81,6 @@ def test_bayes_opt_runs_model_based_search(ray_cluster):
 
 def no_metric():
     get_tuner_context().report(metrics={"accuracy": 1.0})
-
-
-def raises():
-    raise ValueError("boom in train_func")
 
 
 def test_a_metric_never_reported_and_failing_trials_are_clear_errors(ray_cluster):

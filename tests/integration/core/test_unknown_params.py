@@ -10,9 +10,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-
-def warnings_of(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "shardtrain"]
+from tests.unit.core.test_unknown_params import warnings_of
 
 
 def test_the_module_imports_no_framework_and_known_keys_need_none():

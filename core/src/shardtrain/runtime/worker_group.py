@@ -99,6 +99,7 @@ class WorkerGroup:
     ) -> list[Any]:
         """``fn(reporter, **rank_kwargs[rank])`` on every rank; results in rank order."""
         import ray
+        from ray.exceptions import RayActorError
 
         run_id = uuid.uuid4().hex
         refs = [
@@ -121,7 +122,11 @@ class WorkerGroup:
                     self._final_progress(on_progress, cursor, have_step, run_id)
                     self._raise_root_cause(failed, pending, rank_of)
                 if on_progress is not None:
-                    cursor, have_step = self._progress(on_progress, cursor, have_step, run_id)
+                    try:
+                        cursor, have_step = self._progress(on_progress, cursor, have_step, run_id)
+                    except RayActorError as exc:  # rank 0 died, or its host vanished
+                        logs.drain(final=True)
+                        self._raise_rank0_lost(exc, pending, rank_of)
                 logs.drain()
             logs.drain(final=True)
             return ray.get(refs)
@@ -171,12 +176,8 @@ class WorkerGroup:
 
         try:
             ray.get(ref)
-        except RayActorError as exc:
-            return WorkerDiedError(
-                f"worker rank {rank} died ({type(exc).__name__}: {str(exc).splitlines()[0]}).",
-                rank=rank,
-                worker_traceback=str(exc),
-            )
+        except RayActorError as exc:  # ActorDiedError, or ActorUnavailableError: host lost
+            return _died(rank, exc)
         except RayTaskError as exc:
             cause = getattr(exc, "cause", None)
             if isinstance(cause, ShardtrainError):
@@ -205,6 +206,23 @@ class WorkerGroup:
             errors += [e for e in (self._error(ref, rank_of[ref]) for ref in late) if e]
         raise min(errors, key=severity)
 
+    def _raise_rank0_lost(self, exc: BaseException, pending, rank_of) -> None:
+        """Rank 0 did not answer its progress poll: it died, or its host vanished (Ray's
+        ``ActorUnavailableError`` until it declares the node dead). The ranks' own results
+        name the root cause when one comes within ``DEATH_GRACE_S``; else it is rank 0's
+        death, a ``WorkerDiedError`` the run restarts on."""
+        import ray
+
+        late, rest = (
+            ray.wait(pending, num_returns=len(pending), timeout=DEATH_GRACE_S)
+            if pending
+            else ([], [])
+        )
+        failed = [ref for ref in late if self._error(ref, rank_of[ref])]
+        if failed:
+            self._raise_root_cause(failed, rest, rank_of)
+        raise _died(0, exc) from exc
+
     def shutdown(self) -> None:
         """Have the pool kill this group now (its resources come back before this returns)."""
         import ray
@@ -216,6 +234,16 @@ class WorkerGroup:
             ray.get(self._pool.discard.remote(self._lease), timeout=worker_pool.CALL_TIMEOUT_S)
         except Exception:  # the pool is gone, and its actors with it
             pass
+
+
+def _died(rank: int, exc: BaseException) -> WorkerDiedError:
+    """A rank's actor died or its host vanished, as the error a run restarts on."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return WorkerDiedError(
+        f"worker rank {rank} died ({type(exc).__name__}: {first}).",
+        rank=rank,
+        worker_traceback=str(exc),
+    )
 
 
 class _LogRelay:

@@ -32,6 +32,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from shardtrain.errors import WorkerDiedError
 from shardtrain.runtime.train_worker import actor_class
 
 logger = logging.getLogger("shardtrain.runtime")
@@ -53,6 +54,12 @@ GIVE_WAY_AFTER_S = 0.2
 DEMAND_CHECK_S = 2.0
 #: Seconds a driver waits on the pool for a renewal, release or shutdown answer.
 CALL_TIMEOUT_S = 30.0
+#: How long a driver keeps asking a pool whose host does not answer, or replacing one that
+#: died, before the lease fails as a lost worker (Ray declares a vanished node dead within
+#: about 30 s with its default health checks).
+POOL_LOST_WAIT_S = 60.0
+#: Pause between two asks of a pool whose host does not answer.
+POOL_RETRY_S = 1.0
 
 #: This process, as the owner of its leases (``shutdown_workers`` ends this process's only).
 PROCESS_TOKEN = uuid.uuid4().hex
@@ -286,9 +293,8 @@ class WorkerPool:
     ) -> _Group | None:
         """A new group, or None when its placement group is not ready within ``wait_s`` (it
         stays pending for the lease's next try)."""
-        import ray
+        from ray.exceptions import RayActorError
         from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         shape, strategy, per_bundle = key
         with self._lock:
@@ -313,7 +319,33 @@ class WorkerPool:
                 expires = time.monotonic() + lease_timeout_s
                 self._pending[lease] = (pg, key, lease_timeout_s, expires)
             return None
-        workers = [
+        group = _Group(uuid.uuid4().hex[:12], key, pg, self._create_ranks(pg, key), [])
+        try:
+            group.infos = self._rank_infos(group.workers)
+        except RayActorError as exc:
+            # A rank died as it started, or its host vanished (``ActorUnavailableError``: Ray
+            # has not declared the node dead yet). Not an error of this lease: no group now,
+            # and the lease tries again (a new placement group, placed on the hosts alive)
+            # until its placement timeout.
+            self._kill([group])
+            logger.warning(
+                "a worker of a new group was lost as it started (%s: %s); placing another",
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+            )
+            return None
+        except BaseException:
+            self._kill([group])
+            raise
+        return group
+
+    @staticmethod
+    def _create_ranks(pg, key: tuple) -> list[Any]:
+        """One rank actor per worker of ``key``, in the placement group's bundles."""
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        shape, _, per_bundle = key
+        return [
             actor_class()
             .options(
                 num_cpus=shape.cpus,
@@ -323,13 +355,13 @@ class WorkerPool:
             .remote(i)
             for i in range(shape.num_workers)
         ]
-        group = _Group(uuid.uuid4().hex[:12], key, pg, workers, [])
-        try:
-            group.infos = ray.get([w.info.remote() for w in workers])
-        except BaseException:
-            self._kill([group])
-            raise
-        return group
+
+    @staticmethod
+    def _rank_infos(workers: list[Any]) -> list[dict[str, Any]]:
+        """Each rank's pid and node (its first answer: the rank started)."""
+        import ray
+
+        return ray.get([w.info.remote() for w in workers])
 
     def _drop_idle(self) -> int:
         with self._lock:
@@ -504,20 +536,52 @@ def pool(refresh: bool = False):
 def acquire(
     lease: str, key: tuple, wait_s: float, lease_timeout_s: float, request_id: str | None = None
 ):
-    """(pool handle, the pool's answer); a pool that died is replaced once."""
+    """(pool handle, the pool's answer).
+
+    A pool that died (killed by hand, or with its host) is replaced; one whose host does not
+    answer (``ActorUnavailableError``: the host vanished and Ray has not declared it dead yet)
+    is asked again every ``POOL_RETRY_S`` until it answers or is declared dead, for at most
+    ``POOL_LOST_WAIT_S``. A worker the pool lost while it answered (an older pool raises that)
+    and a pool lost for longer are a ``WorkerDiedError``: the run restarts from its latest
+    checkpoint within ``FailureConfig.max_failures``, never a bare Ray error.
+    """
     import ray
-    from ray.exceptions import RayActorError
+    from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
     handle = pool()
     hold(lease, handle, lease_timeout_s)
     me = owner(request_id)
-    try:
-        reply = ray.get(handle.acquire.remote(lease, me, key, wait_s, lease_timeout_s))
-    except RayActorError:  # the pool was killed (by hand, or with its node): start another
+    deadline = time.monotonic() + POOL_LOST_WAIT_S
+    replaced = False
+    while True:
+        try:
+            reply = ray.get(handle.acquire.remote(lease, me, key, wait_s, lease_timeout_s))
+            return handle, reply
+        except RayTaskError as exc:  # the pool answered with an error of its own
+            if isinstance(exc, RayActorError):  # a worker it started was lost
+                raise _lost("a worker the pool was starting", exc) from exc
+            raise
+        except ActorUnavailableError as exc:  # the pool's host does not answer
+            if time.monotonic() >= deadline:
+                raise _lost("the cluster's worker pool", exc) from exc
+            logger.info("the worker pool does not answer (its host is unreachable); asking again")
+            time.sleep(POOL_RETRY_S)
+        except RayActorError as exc:  # the pool died: start another
+            if time.monotonic() >= deadline:
+                raise _lost("the cluster's worker pool", exc) from exc
+            if replaced:  # the new one died too: not in a tight loop
+                time.sleep(POOL_RETRY_S)
+            replaced = True
         handle = pool(refresh=True)
         hold(lease, handle, lease_timeout_s)
-        reply = ray.get(handle.acquire.remote(lease, me, key, wait_s, lease_timeout_s))
-    return handle, reply
+
+
+def _lost(what: str, exc: BaseException) -> WorkerDiedError:
+    """A Ray actor failure while a group was being leased, as the error a run restarts on."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    return WorkerDiedError(
+        f"{what} was lost ({type(exc).__name__}: {first}).", worker_traceback=str(exc)
+    )
 
 
 def all_pools() -> list[tuple[str, Any]]:

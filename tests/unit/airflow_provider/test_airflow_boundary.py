@@ -6,7 +6,8 @@
   entrypoint's spec, long lines) in messages too;
 - a stop shardtrain asked for is recorded, waited for (bounded), and never reattached to;
 - the trigger module imports nothing heavy (the triggerer imports it in its event loop), its
-  event names the job and request, not the spec, and it resumes from the offset it is given.
+  event names the job and request, not the spec, and it resumes from the offset it is given,
+  or from the one an earlier trigger of the job recorded (a triggerer restart).
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ from shardtrain.jobs import handle as handle_module
 TARGET = JobTarget(address="http://head:8265")
 
 
+@pytest.fixture(autouse=True)
+def _own_home(monkeypatch, tmp_path):
+    """Each test's own $SHARDTRAIN_HOME: the triggers record their log offsets under it."""
+    monkeypatch.setenv("SHARDTRAIN_HOME", str(tmp_path / "shardtrain_home"))
+
+
 def _spec(request_id: str = "dag__run__train") -> TrainingSpec:
     return TrainingSpec(
         framework="xgboost",
@@ -51,8 +58,12 @@ class FakeJobClient:
         self.stopping_polls = 2  # status polls a stopped job stays RUNNING
         self.status_calls = 0
 
-    def add(self, sid, status="RUNNING", log=""):
-        self.jobs[sid] = {"status": status, "log": log, "stop_at": None}
+    def add(self, sid, status="RUNNING", log="", start_time=None):
+        start_time = start_time or 1_765_000_000_000 + len(self.jobs)  # ms, as Ray's
+        self.jobs[sid] = {"status": status, "log": log, "stop_at": None, "start": start_time}
+
+    def get_job_info(self, sid):
+        return SimpleNamespace(status=self.get_job_status(sid), start_time=self.jobs[sid]["start"])
 
     def list_jobs(self):
         return [SimpleNamespace(submission_id=s, status=j["status"]) for s, j in self.jobs.items()]
@@ -347,7 +358,7 @@ def test_the_job_conventions_are_loaded_without_the_shardtrain_package():
         if isinstance(n, ast.Import | ast.ImportFrom)
         for a in n.names
     }
-    assert imported <= {"__future__", "re"}, imported
+    assert imported <= {"__future__"} | set(sys.stdlib_module_names), imported
     loaded = sys.modules.pop("shardtrain.jobs.conventions")
     try:
         sys.modules.pop(ray_job._CONVENTIONS, None)
@@ -390,7 +401,9 @@ class FakeJobServer:
             if sid not in self.client.jobs:
                 return httpx.Response(404, text=f"Job {sid} does not exist")
             if (method, what) == ("GET", ""):
-                return httpx.Response(200, json={"status": self.client.get_job_status(sid)})
+                status = self.client.get_job_status(sid)
+                start = self.client.jobs[sid]["start"]
+                return httpx.Response(200, json={"status": status, "start_time": start})
             if (method, what) == ("GET", "logs"):
                 return httpx.Response(200, json={"logs": self.client.get_job_logs(sid)})
             if (method, what) == ("POST", "stop"):
@@ -495,6 +508,175 @@ def test_the_trigger_forwards_whole_cleaned_lines_while_the_job_runs(monkeypatch
     assert event["log_offset"] == len(client.jobs["shardtrain-r-1"]["log"])
 
 
+def _forwarded(records) -> list[str]:
+    return [m.removeprefix("[ray job] ") for _, m in records if m.startswith("[ray job]")]
+
+
+def test_a_trigger_started_again_by_a_triggerer_restart_resumes_where_the_last_one_stopped(
+    monkeypatch,
+):
+    """The triggerer re-creates a trigger from its kwargs (the offset at deferral): it
+    resumes from the offset the previous trigger of the job recorded, so no line comes twice
+    and none is skipped; the record is written at each poll that forwarded lines."""
+    from shardtrain.jobs import conventions
+    from shardtrain_airflow.triggers import ray_job
+
+    client = FakeJobClient()
+    client.add("shardtrain-r-1", log="entry\n[1] a\n")
+    monkeypatch.setattr(ray_job.RayJobTrigger, "transport", FakeJobServer(client).transport())
+    kwargs = dict(
+        submission_id="shardtrain-r-1",
+        spec=_spec("r").to_dict(),
+        poll_interval=0.01,
+        log_offset=len("entry\n"),  # forwarded by the task before it deferred
+        job_server="http://head:8265",
+    )
+    records = _trigger_log(monkeypatch, ray_job)
+
+    async def until_stopped(trigger):
+        """Run the trigger until it has forwarded "[2] b", then cancel it (the triggerer
+        stops: SIGTERM cancels its triggers)."""
+        task = asyncio.ensure_future(anext(aiter(trigger.run())))
+        while "[2] b" not in _forwarded(records):
+            await asyncio.sleep(0.01)
+            if "[1] a" in _forwarded(records) and "[2] b" not in client.jobs[sid]["log"]:
+                client.jobs[sid]["log"] += "[2] b\n[3] c still being wri"
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    sid = "shardtrain-r-1"
+    asyncio.run(until_stopped(ray_job.RayJobTrigger(**kwargs)))
+    assert _forwarded(records) == ["[1] a", "[2] b"]
+    recorded = conventions.read_log_offset(sid, client.jobs[sid]["start"])
+    assert recorded == len("entry\n[1] a\n[2] b\n")
+
+    # While no triggerer runs, the job writes on and ends; the new triggerer's trigger.
+    client.jobs[sid]["log"] += "tten\n[4] d\n"
+    client.jobs[sid]["status"] = "SUCCEEDED"
+    records.clear()
+    again = ray_job.RayJobTrigger(**kwargs)
+    event = asyncio.run(anext(aiter(again.run()))).payload
+    assert _forwarded(records) == ["[3] c still being written", "[4] d"]
+    assert (
+        "info",
+        f"resuming the log of Ray job {sid} at character {recorded}, where an earlier trigger "
+        "of it left off",
+    ) in records
+    assert event["log_offset"] == len(client.jobs[sid]["log"])
+    assert conventions.read_log_offset(sid, client.jobs[sid]["start"]) == event["log_offset"]
+
+
+def test_a_recorded_offset_of_another_job_with_the_same_id_is_not_used(monkeypatch):
+    """A head started again forgets its jobs, and the same request's next job gets the same
+    submission id: the record of the earlier job (another start time) is ignored, and a
+    broken record is no record."""
+    from shardtrain.jobs import conventions
+    from shardtrain_airflow.triggers import ray_job
+
+    sid = "shardtrain-r-1"
+    client = FakeJobClient()
+    client.add(sid, "SUCCEEDED", log="one\ntwo\n", start_time=2_000)
+    conventions.write_log_offset(sid, 1_000, len("one\n"))  # the earlier head's job
+    assert conventions.read_log_offset(sid, 1_000) == len("one\n")
+    assert conventions.read_log_offset(sid, 2_000) == 0
+    monkeypatch.setattr(ray_job.RayJobTrigger, "transport", FakeJobServer(client).transport())
+    records = _trigger_log(monkeypatch, ray_job)
+    trigger = ray_job.RayJobTrigger(
+        submission_id=sid, spec=_spec("r").to_dict(), job_server="http://head:8265"
+    )
+    asyncio.run(anext(aiter(trigger.run())))
+    assert _forwarded(records) == ["one", "two"]
+
+    path = conventions.log_offsets_dir() / f"{sid}.json"
+    path.write_text("{not json")
+    assert conventions.read_log_offset(sid, 2_000) == 0
+    path.write_text(json.dumps({"submission_id": "other", "started": 2_000, "offset": 3}))
+    assert conventions.read_log_offset(sid, 2_000) == 0
+
+
+def test_the_first_record_of_a_job_removes_records_older_than_a_week(tmp_path):
+    import os
+
+    from shardtrain.jobs import conventions
+
+    conventions.write_log_offset("old", 1, 10, home=tmp_path)
+    conventions.write_log_offset("recent", 1, 10, home=tmp_path)
+    folder = conventions.log_offsets_dir(tmp_path)
+    week_ago = time.time() - conventions.LOG_OFFSET_MAX_AGE_S - 60
+    os.utime(folder / "old.json", (week_ago, week_ago))
+    conventions.write_log_offset("recent", 1, 20, home=tmp_path)  # not a first record
+    assert (folder / "old.json").exists()
+    conventions.write_log_offset("new", 1, 5, home=tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == ["new.json", "recent.json"]
+    conventions.forget_log_offset("new", home=tmp_path)
+    assert conventions.read_log_offset("new", 1, home=tmp_path) == 0
+
+
+def test_a_retry_that_reattaches_starts_from_the_furthest_offset_forwarded(monkeypatch):
+    """A try reattaching to its job starts past what an earlier try forwarded (the task state
+    store) or a trigger recorded on this host (a triggerer that stopped before its event),
+    whichever is further; the event's offset, once in the state store, ends the record."""
+    from shardtrain.jobs import conventions
+    from shardtrain_airflow.operators import XGBoostTrainOperator
+    from shardtrain_airflow.operators import train as train_module
+
+    sid = "shardtrain-r-1"
+    log = "entry\n[1] a\n[2] b\n[3] c\n"
+    client = FakeJobClient()
+    client.add(sid, "SUCCEEDED", log=log)  # it ended while no try waited for it
+    monkeypatch.setattr(JobTarget, "client", lambda self: client)
+    monkeypatch.setattr(train_module.RayHook, "job_target", lambda self: TARGET)
+    monkeypatch.setattr(train_module, "request_id_for", lambda ti: "r")
+    monkeypatch.setattr(train_module.TrainOperator, "_collect", lambda self, h, s=None: h)
+
+    class Store(dict):
+        set = dict.__setitem__
+
+    op = XGBoostTrainOperator(
+        task_id="train",
+        path="/data/train.parquet",
+        input_cols=["A", "B"],
+        label_col="Y",
+        artifact_stage_location="/tmp/stage",
+        run_as_job=True,
+        poll_interval=0,
+    )
+    lines = []
+    monkeypatch.setattr(op, "_job_log", lines.append)
+    ti = SimpleNamespace(xcom_push=lambda key, value: None)
+    start = client.jobs[sid]["start"]
+
+    def retry(store_offset, recorded):
+        lines.clear()
+        store = Store(
+            {train_module.LOG_OFFSET_STATE: {"submission_id": sid, "offset": store_offset}}
+        )
+        conventions.forget_log_offset(sid)
+        if recorded is not None:
+            conventions.write_log_offset(sid, start, recorded)
+        handle = op.execute({"ti": ti, "task_state_store": store})
+        assert handle.reattached
+        return lines[:], store
+
+    forwarded, store = retry(len("entry\n"), len("entry\n[1] a\n[2] b\n"))
+    assert forwarded == ["[3] c"]
+    assert store[train_module.LOG_OFFSET_STATE] == {"submission_id": sid, "offset": len(log)}
+    forwarded, _ = retry(len("entry\n[1] a\n"), None)
+    assert forwarded == ["[2] b", "[3] c"]
+    forwarded, _ = retry(len("entry\n[1] a\n[2] b\n"), len("entry\n"))
+    assert forwarded == ["[3] c"]
+
+    # Back from the triggerer: the event's offset goes to the state store, the record away.
+    conventions.write_log_offset(sid, start, len(log))
+    store = Store()
+    monkeypatch.setattr(op, "training_spec", lambda context: _spec("r"))
+    event = {"status": "SUCCEEDED", "submission_id": sid, "request_id": "r", "log_offset": len(log)}
+    op.execute_complete({"ti": ti, "task_state_store": store}, event)
+    assert store[train_module.LOG_OFFSET_STATE] == {"submission_id": sid, "offset": len(log)}
+    assert conventions.read_log_offset(sid, start) == 0
+
+
 def test_the_trigger_reads_the_token_when_it_runs_and_never_keeps_or_logs_it(monkeypatch, tmp_path):
     """The connection's password, or the local cluster's token file, becomes the bearer
     header of each request; the trigger's kwargs (stored in Airflow's DB) never hold it."""
@@ -551,6 +733,8 @@ def test_the_trigger_reads_the_token_when_it_runs_and_never_keeps_or_logs_it(mon
     ]
     for trigger, host, token in cases:
         server.requests.clear()
+        # Three job servers, one fake job: not a trigger started again for the same job.
+        ray_job.job_conventions().forget_log_offset("shardtrain-r-1")
         assert asyncio.run(first_event(trigger)).payload["status"] == "SUCCEEDED"
         assert server.requests and all(
             headers["authorization"] == f"Bearer {token}" for _, _, headers in server.requests

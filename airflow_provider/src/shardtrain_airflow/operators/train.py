@@ -14,8 +14,11 @@ Three ways to run, one result:
 A killed task (marked failed, cleared, timed out) stops its job and waits for it to end
 (bounded); the next try never reattaches to a job whose stop shardtrain requested: it starts
 the next attempt, which resumes from the run's checkpoint. The job's log is forwarded once:
-the offset already forwarded goes with the trigger and its event, and is kept in the task's
-state store (``task_state_store``, kept across tries) for a retry that reattaches.
+the offset already forwarded goes with the trigger and its event, is kept in the task's
+state store (``task_state_store``, kept across tries) for a retry that reattaches, and the
+trigger records its progress in a file keyed by the job (``shardtrain.jobs.conventions``'s
+``write_log_offset``) for a trigger started again by a triggerer restart, or a retry on the
+same host after a triggerer that stopped before its event.
 
 Operators own orchestration (connections, request ids, templating, links, kill); core owns
 the work, so nothing here builds an estimator.
@@ -34,6 +37,7 @@ from shardtrain.errors import ConfigError
 from shardtrain.integrations import TrainingSpec, request_id_from, run_training, shutdown_workers
 from shardtrain.integrations.spec import is_snowflake_stage
 from shardtrain.jobs import STOPPED, TERMINAL, JobHandle, JobStoppedError, submit
+from shardtrain.jobs.conventions import forget_log_offset, read_log_offset
 from shardtrain.jobs.submit import with_stage
 from shardtrain_airflow.hooks.ray import RayHook
 from shardtrain_airflow.hooks.snowpark import optional_session
@@ -85,14 +89,28 @@ def saved_log_offset(context: Any, submission_id: str) -> int:
     return 0
 
 
-def save_log_offset(context: Any, submission_id: str, offset: int) -> None:
+def save_log_offset(context: Any, submission_id: str, offset: int) -> bool:
+    """Keep the offset in the task's state store for a later try: True when it was kept."""
     store = _state_store(context)
     if store is None:
-        return
+        return False
     try:
         store.set(LOG_OFFSET_STATE, {"submission_id": submission_id, "offset": offset})
     except Exception:  # noqa: BLE001 - best effort: at worst a retry forwards lines again
         logging.getLogger(__name__).debug("could not save the log offset", exc_info=True)
+        return False
+    return True
+
+
+def recorded_log_offset(handle: JobHandle) -> int:
+    """Characters of the job's log a trigger forwarded, as it recorded them in its file on
+    this host (``read_log_offset``, keyed by the job and its start time); 0 when none."""
+    try:
+        started = handle.client.get_job_info(handle.submission_id).start_time
+        return read_log_offset(handle.submission_id, started)
+    except Exception:  # noqa: BLE001 - best effort: at worst lines are forwarded again
+        logging.getLogger(__name__).debug("no recorded log offset", exc_info=True)
+        return 0
 
 
 def request_id_for(ti: Any) -> str:
@@ -254,7 +272,9 @@ class TrainOperator(BaseOperator):
         reached); record it for the links and ``on_kill``."""
         self._job = handle = submit(spec, target)
         if handle.reattached:
-            handle.log_offset = saved_log_offset(context, handle.submission_id)
+            handle.log_offset = max(
+                saved_log_offset(context, handle.submission_id), recorded_log_offset(handle)
+            )
         self.log.info(
             "%s Ray job %s (request %s): %s",
             "reattached to" if handle.reattached else "submitted",
@@ -297,7 +317,11 @@ class TrainOperator(BaseOperator):
         self._job = handle
         if "log_offset" in event:
             handle.log_offset = int(event["log_offset"])
-            save_log_offset(context, handle.submission_id, handle.log_offset)
+            if save_log_offset(context, handle.submission_id, handle.log_offset):
+                try:  # the trigger's record (on this host): the state store holds it now
+                    forget_log_offset(handle.submission_id)
+                except OSError:
+                    pass
         if event["status"] == STOPPED and self._stopped_by_a_kill(handle):
             return self._execute_as_job(spec, context)
         return self._collect(handle, event["status"])

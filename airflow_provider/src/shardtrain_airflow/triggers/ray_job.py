@@ -16,9 +16,14 @@ API (measured 38 s under load), and the supervisor, which delivers every cancell
 event, is blocked meanwhile (and then reassigns the triggers it thinks deadlocked).
 
 It forwards the job's new log lines into the task's log as they come, from the offset the
-task left off at when it deferred (a trigger started again by a triggerer restart forwards
-again what the previous one had), and fires one event when the job ends, with the offset the
-task's next try starts from. When a user marks the deferred task failed, clears it or marks it successful, the
+task left off at when it deferred, and fires one event when the job ends, with the offset the
+task's next try starts from. After each poll that forwarded lines it records the offset in a
+small file keyed by the job (``$SHARDTRAIN_HOME/jobs/log_offsets/<submission id>.json``,
+written in a thread, with the job's start time so that a later job of the same id is not
+taken for it): a trigger started again by a triggerer restart resumes from there, not from
+the offset at deferral. (Airflow 3.3's triggerer offers no task state store to a trigger, and
+an XCom goes through its supervisor: see above.) A triggerer that comes back on another host
+does not see the file and forwards again the lines since the deferral. When a user marks the deferred task failed, clears it or marks it successful, the
 triggerer awaits ``on_kill`` (at most ``[triggerer] on_kill_timeout``, 30 s by default): it
 records the stop (the marker job ``JobHandle.cancel`` submits too), stops the job and returns
 once it has ended, at most ``STOP_WAIT_S`` later (logged when it has not), so a task that did
@@ -171,9 +176,13 @@ class JobServer:
             return await asyncio.to_thread(json.loads, content)
         return json.loads(content)
 
+    async def info(self) -> dict[str, Any]:
+        """The job's details (``GET /api/jobs/<id>``): ``status``, ``start_time``, ..."""
+        return await self._request("GET", f"/api/jobs/{self.submission_id}")
+
     async def status(self) -> str:
         """PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED (``GET /api/jobs/<id>``)."""
-        return str((await self._request("GET", f"/api/jobs/{self.submission_id}"))["status"])
+        return str((await self.info())["status"])
 
     async def logs(self) -> str:
         """The job's whole log so far (``GET /api/jobs/<id>/logs``)."""
@@ -304,6 +313,9 @@ class RayJobTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         conventions = await asyncio.to_thread(job_conventions)
         async with await self._job_server() as server:
+            info = await server.info()
+            started = info.get("start_time")
+            await self._resume_log(conventions, started)
             self.log.info(
                 "waiting for Ray job %s (request %s): %s",
                 self.submission_id,
@@ -311,17 +323,20 @@ class RayJobTrigger(BaseTrigger):
                 server.dashboard_url,
             )
             while True:
-                status = await server.status()
+                status = str(info["status"])
                 final = status in conventions.TERMINAL
                 lines, offset = conventions.new_log_lines(
                     await server.logs(), self.log_offset, final=final
                 )
                 for line in lines:
                     self.log.info("[ray job] %s", line)
-                self.log_offset = offset
+                if offset != self.log_offset:
+                    self.log_offset = offset
+                    await self._record_log_offset(conventions, started)
                 if final:
                     break
                 await asyncio.sleep(self.poll_interval)
+                info = await server.info()
         yield TriggerEvent(
             {
                 "status": status,
@@ -330,6 +345,29 @@ class RayJobTrigger(BaseTrigger):
                 "log_offset": self.log_offset,
             }
         )
+
+    async def _resume_log(self, conventions: Any, started: int | None) -> None:
+        """Move ``log_offset`` past what an earlier trigger of this job forwarded (one that
+        ran before a triggerer restart): its record, when it is further than the kwargs'."""
+        saved = await asyncio.to_thread(conventions.read_log_offset, self.submission_id, started)
+        if saved > self.log_offset:
+            self.log.info(
+                "resuming the log of Ray job %s at character %d, where an earlier trigger of "
+                "it left off",
+                self.submission_id,
+                saved,
+            )
+            self.log_offset = saved
+
+    async def _record_log_offset(self, conventions: Any, started: int | None) -> None:
+        """Record the offset forwarded so far (in a thread; at worst, when it cannot be
+        written, a restarted trigger forwards these lines again)."""
+        try:
+            await asyncio.to_thread(
+                conventions.write_log_offset, self.submission_id, started, self.log_offset
+            )
+        except OSError as exc:
+            self.log.debug("could not record the log offset of %s: %s", self.submission_id, exc)
 
     async def on_kill(self) -> None:
         """The user killed the task (mark failed / clear / mark success): record the stop,

@@ -1,6 +1,7 @@
 """What a client of a Ray job server needs to agree on with ``JobHandle``, in the standard
-library only: job states, how a job's log is forwarded (whole lines, cleaned) and how a stop
-shardtrain requested is recorded (a marker job).
+library only: job states, how a job's log is forwarded (whole lines, cleaned), where the
+offset already forwarded is kept between processes, and how a stop shardtrain requested is
+recorded (a marker job).
 
 Airflow's ``RayJobTrigger`` talks to the job server's REST API from the triggerer's event
 loop and loads this file by its path, without importing the ``shardtrain`` package (whose
@@ -10,7 +11,12 @@ keep it free of any import outside the standard library, and of relative imports
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import tempfile
+import time
+from pathlib import Path
 
 #: Job states as Ray's job server names them.
 PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED = (
@@ -30,6 +36,13 @@ STOP_MARKER_SUFFIX = "-stop"
 #: The marker job's entrypoint (a no-op) and the metadata key naming the stopped job.
 STOP_MARKER_ENTRYPOINT = "true"
 STOP_MARKER_METADATA_KEY = "shardtrain_stop_of"
+
+#: Where the offset of each job's log already forwarded is kept, under ``$SHARDTRAIN_HOME``:
+#: one small JSON file per job (``<submission id>.json``).
+LOG_OFFSETS_DIR = ("jobs", "log_offsets")
+#: Offset files older than this are removed when a new one is written (their jobs are long
+#: over: a job's forwarder rewrites its file at each poll that forwarded lines).
+LOG_OFFSET_MAX_AGE_S = 7 * 24 * 3600
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]")
 #: Ray's first line of a job's log names the whole entrypoint, the spec's JSON included.
@@ -61,6 +74,82 @@ def new_log_lines(text: str, offset: int, *, final: bool = False) -> tuple[list[
     if not final:
         new = new[: new.rfind("\n") + 1]
     return [clean_log_line(line) for line in new.splitlines()], offset + len(new)
+
+
+def log_offsets_dir(home: str | os.PathLike | None = None) -> Path:
+    """The folder of the forwarded-log offsets: ``$SHARDTRAIN_HOME/jobs/log_offsets``
+    (``~/.shardtrain`` without ``$SHARDTRAIN_HOME``, as ``shardtrain.home``)."""
+    if home is None:
+        home = os.environ.get("SHARDTRAIN_HOME", "").strip() or Path.home() / ".shardtrain"
+    return Path(home).joinpath(*LOG_OFFSETS_DIR)
+
+
+def _offset_file(submission_id: str, home: str | os.PathLike | None) -> Path:
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", submission_id)
+    return log_offsets_dir(home) / f"{name}.json"
+
+
+def read_log_offset(
+    submission_id: str, started: int | None, *, home: str | os.PathLike | None = None
+) -> int:
+    """Characters of the job's log that a forwarder (a trigger, a task's wait) already
+    forwarded, as it recorded them with ``write_log_offset``; 0 when nothing is recorded for
+    this job. ``started`` is the job's ``start_time`` on its job server: a record of another
+    job with the same submission id (a head started again, the request submitted again) is
+    not this job's. Blocking file I/O: in an event loop, call it in a thread."""
+    try:
+        record = json.loads(_offset_file(submission_id, home).read_text())
+    except (OSError, ValueError):
+        return 0
+    if (
+        not isinstance(record, dict)
+        or record.get("submission_id") != submission_id
+        or record.get("started") != started
+    ):
+        return 0
+    offset = record.get("offset")
+    return offset if isinstance(offset, int) and offset > 0 else 0
+
+
+def write_log_offset(
+    submission_id: str,
+    started: int | None,
+    offset: int,
+    *,
+    home: str | os.PathLike | None = None,
+) -> None:
+    """Record that the job's log was forwarded up to ``offset`` (atomically: a reader sees
+    the old record or the new one). The first record of a job removes records older than
+    ``LOG_OFFSET_MAX_AGE_S``. Raises ``OSError`` when the folder cannot be written. Blocking
+    file I/O: in an event loop, call it in a thread."""
+    path = _offset_file(submission_id, home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        _remove_old_offsets(path.parent)
+    record = {"submission_id": submission_id, "started": started, "offset": int(offset)}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(record, out)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def forget_log_offset(submission_id: str, *, home: str | os.PathLike | None = None) -> None:
+    """Remove the job's record (its forwarding is over and its offset kept elsewhere)."""
+    _offset_file(submission_id, home).unlink(missing_ok=True)
+
+
+def _remove_old_offsets(folder: Path) -> None:
+    cutoff = time.time() - LOG_OFFSET_MAX_AGE_S
+    for old in folder.glob("*.json"):
+        try:
+            if old.stat().st_mtime < cutoff:
+                old.unlink()
+        except OSError:  # another process removed it meanwhile
+            pass
 
 
 def stop_marker_id(submission_id: str) -> str:

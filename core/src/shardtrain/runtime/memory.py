@@ -72,7 +72,7 @@ class MemoryPlan:
 
     budget: int
     source: str
-    #: Each rank's rows, training and eval together (``time per rank`` counts training rows).
+    #: Each rank's rows, training and eval together (as ``time per rank`` names them).
     rows: tuple[int, ...]
     in_memory_bytes: tuple[int, ...]
     streaming_bytes: tuple[int, ...]

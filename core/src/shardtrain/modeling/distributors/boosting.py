@@ -80,6 +80,8 @@ class BoostingRankResult:
     #: size on disk once the matrices were built.
     cache_dir: str | None = None
     cache_bytes: int = 0
+    #: The rank's eval-set rows (``rows`` are its training rows).
+    eval_rows: int = 0
 
 
 #: Per-row state of a boosting rank beside its data (gradient pairs, predictions, labels,
@@ -135,6 +137,54 @@ def wants_train_metric(
         or early_stopping_rounds
         or any(str(params.get(key) or "").lower() not in ("", "none", "[]") for key in metric_keys)
     )
+
+
+def describe_rank_times(results: Sequence[BoostingRankResult]) -> str:
+    """The ``time per rank`` log line. It names the rows it counts, training + eval, as the
+    memory-budget line does (``MemoryPlan.describe``): the same shard reads the same there."""
+    return "time per rank: " + ", ".join(
+        f"rank {r}: {res.rows} training + {res.eval_rows} eval rows, data "
+        f"{res.data_seconds:.2f} s, training {res.training_seconds:.2f} s"
+        for r, res in enumerate(results)
+    )
+
+
+def check_callbacks(callbacks, kind: str) -> list:
+    """``callbacks`` as a list, refused on the driver when no rank could run them: not a list
+    (a single callback: wrap it in one), an item that is not a callback (``kind`` says what
+    one is). Whether they pickle is checked by ``fit`` (``check_picklable``)."""
+    if callbacks is None:
+        return []
+    if callable(callbacks) or not isinstance(callbacks, list | tuple):
+        raise ConfigError(
+            f"callbacks must be a list of {kind}, got {type(callbacks).__name__}; wrap a "
+            "single callback in a list.",
+            field="callbacks",
+        )
+    for i, callback in enumerate(callbacks):
+        if not callable(callback) and not hasattr(callback, "after_iteration"):
+            raise ConfigError(
+                f"callbacks[{i}] is a {type(callback).__name__}, not a callback: pass {kind}.",
+                field="callbacks",
+            )
+    return list(callbacks)
+
+
+def check_picklable(callbacks: list) -> None:
+    """Callbacks travel to every rank pickled (cloudpickle): one that cannot (it holds a lock,
+    a socket, an open file) is refused before any worker starts."""
+    from ray import cloudpickle
+
+    for i, callback in enumerate(callbacks):
+        try:
+            cloudpickle.dumps(callback)
+        except Exception as exc:
+            raise ConfigError(
+                f"callbacks[{i}] ({type(callback).__name__}) cannot be sent to the workers: "
+                f"{type(exc).__name__}: {exc}. Callbacks run on every rank, so they must pickle; "
+                "create locks, connections or files inside the callback instead.",
+                field="callbacks",
+            ) from None
 
 
 def check_thread_params(params: dict, keys: Sequence[str], cpus: float) -> None:
@@ -247,6 +297,8 @@ class BoostingEstimator:
         self._artifact: ModelArtifact | None = None
         self._input_cols: list[str] | None = None
         self._memory_plan: MemoryPlan | None = None
+        #: Run on every rank (``_launch`` sends them); checked in ``__init__`` and ``fit``.
+        self.callbacks: list = []
 
     @property
     def framework(self) -> str:
@@ -320,6 +372,7 @@ class BoostingEstimator:
         if eval_set is not None:
             evals = as_connector(eval_set, "eval_set")
             check_training_columns(evals, input_cols, label_col, "eval_set")
+        self._check_callbacks()
         connect()
         plan = self._resolve()
         warn_unknown_params(self.framework, plan.params)  # typos named on the driver
@@ -404,14 +457,7 @@ class BoostingEstimator:
         if isinstance(results, bytes):
             model_bytes = results
         else:
-            emit(
-                "time per rank: "
-                + ", ".join(
-                    f"rank {r}: {res.rows} rows, data {res.data_seconds:.2f} s, training "
-                    f"{res.training_seconds:.2f} s"
-                    for r, res in enumerate(results)
-                )
-            )
+            emit(describe_rank_times(results))
             model_bytes = results[0].model
             if memory_plan.external:
                 memory_plan = replace(
@@ -426,7 +472,7 @@ class BoostingEstimator:
                         for r, res in enumerate(results)
                     )
                 )
-        self._booster = self.spec.load(model_bytes)
+        self._booster = self._with_params(self.spec.load(model_bytes), plan)
         self._eval_results = history
         self._memory_plan = memory_plan
         self._input_cols = list(input_cols)
@@ -486,6 +532,23 @@ class BoostingEstimator:
         with what stays resident then.
         """
         return rows * (4 * (num_features + 1) + num_features + 8 + PER_ROW_STATE_BYTES)
+
+    def _user_params(self, plan: BoostingPlan) -> dict[str, Any]:
+        """The fit's params as the user's own training call would have them: the thread
+        counts shardtrain set for its workers give way to the user's (or none)."""
+        params = {k: v for k, v in plan.params.items() if k not in _THREAD_KEYS}
+        params.update({k: v for k, v in self.params.items() if k in _THREAD_KEYS})
+        return params
+
+    def _with_params(self, booster, plan: BoostingPlan):
+        """The booster loaded from the model bytes, given back the training configuration
+        the bytes do not keep (as the framework's own ``train`` returns it)."""
+        return booster
+
+    def _check_callbacks(self) -> None:
+        """The callbacks, checked on the driver before any worker starts (the framework is
+        imported by then)."""
+        check_picklable(self.callbacks)
 
     def _label_rule(self, params: dict[str, Any]) -> tuple[str, int]:
         """What the objective takes as labels (see ``data.numeric.check_labels``)."""

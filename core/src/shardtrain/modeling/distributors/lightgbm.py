@@ -30,6 +30,7 @@ from shardtrain.modeling.distributors.boosting import (
     STREAM_BATCH_BYTES,
     BoostingEstimator,
     BoostingPlan,
+    check_callbacks,
     check_thread_params,
     pop_rounds,
 )
@@ -67,6 +68,10 @@ class LightGBMEstimator(BoostingEstimator):
         params: LightGBM parameters; ``early_stopping_rounds`` (or ``early_stopping_round``)
             stops on the eval set's first metric, decided globally.
         scaling_config: a ``LightGBMScalingConfig`` (default: everything the cluster has).
+        callbacks: LightGBM callbacks (callables taking ``lightgbm.callback.CallbackEnv``, as
+            ``lightgbm.train`` takes them), run on every rank. They see the global metrics in
+            ``env.evaluation_result_list`` (all ranks' rows, the same on every rank), so one
+            that stops training (``EarlyStopException``) stops every rank on the same round.
         failure_config: a ``FailureConfig`` (restarts and checkpoint frequency).
 
     Example:
@@ -87,6 +92,7 @@ class LightGBMEstimator(BoostingEstimator):
         objective: str = "regression",
         params: dict[str, Any] | None = None,
         scaling_config: LightGBMScalingConfig | None = None,
+        callbacks: list | None = None,
         failure_config: FailureConfig | None = None,
     ) -> None:
         super().__init__(
@@ -96,6 +102,7 @@ class LightGBMEstimator(BoostingEstimator):
             scaling_config or LightGBMScalingConfig(),
             failure_config,
         )
+        self.callbacks = check_callbacks(callbacks, "callables taking a CallbackEnv")
         #: Whether the last attempt's ranks built their Datasets streamed (None: no fit yet).
         self._streamed: bool | None = None
 
@@ -132,6 +139,18 @@ class LightGBMEstimator(BoostingEstimator):
             )
         params["num_threads"] = int(shape.cpus)
         return BoostingPlan(params, rounds, early, shape)
+
+    def _with_params(self, booster, plan: BoostingPlan):
+        """A booster loaded from a model string reports the file's parameters (every
+        default, and the ranks' network: ``machines``, ``num_machines``, ports); give it
+        the params it was trained with, as ``lightgbm.train`` leaves them in
+        ``booster.params`` (with ``num_iterations``)."""
+        params = self._user_params(plan)
+        if plan.early_stopping_rounds:
+            params["early_stopping_round"] = plan.early_stopping_rounds
+        params["num_iterations"] = plan.rounds
+        booster.params = params
+        return booster
 
     def _param(self, names, default):
         for name in names:
@@ -222,6 +241,7 @@ class LightGBMEstimator(BoostingEstimator):
                 job=job,
                 train=train_shards[r],
                 evals=eval_shards[r],
+                callbacks=self.callbacks,
                 # every rank alike: streamed when the budget check says some rank must
                 streamed=job.external_memory,
             )

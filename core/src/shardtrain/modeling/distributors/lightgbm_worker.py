@@ -337,10 +337,24 @@ def _global_metrics(allreduce, results, counts):
     return merged
 
 
-def _callback(reporter, rank, allreduce, rows, checkpoint_every, early_stopping_rounds, stop_set):
+def _callback(
+    reporter,
+    rank,
+    allreduce,
+    rows,
+    checkpoint_every,
+    early_stopping_rounds,
+    stop_set,
+    user_callbacks=(),
+):
     """LightGBM callback: global metrics each round (reported by rank 0), checkpoints, and
-    early stopping decided on the global metric, so every rank stops on the same round."""
+    early stopping decided on the global metric, so every rank stops on the same round.
+
+    The user's after-iteration callbacks run here, in their ``order``, once the metrics are
+    global: each sees ``env.evaluation_result_list`` with the global values (LightGBM's own
+    are this rank's rows only), so every rank decides alike, as XGBoost's callbacks do."""
     state = {"best": None, "best_iter": 0, "best_list": None}
+    user_callbacks = sorted(user_callbacks, key=lambda cb: getattr(cb, "order", 0))
 
     def callback(env):
         results = env.evaluation_result_list or []
@@ -354,6 +368,17 @@ def _callback(reporter, rank, allreduce, rows, checkpoint_every, early_stopping_
             reporter.report(RoundMetrics(env.iteration + 1, metrics))
             if checkpoint_every and (env.iteration + 1) % checkpoint_every == 0:
                 reporter.checkpoint(env.iteration + 1, env.model.model_to_string().encode())
+        if user_callbacks:
+            seen = lightgbm.callback.CallbackEnv(
+                model=env.model,
+                params=env.params,
+                iteration=env.iteration,
+                begin_iteration=env.begin_iteration,
+                end_iteration=env.end_iteration,
+                evaluation_result_list=list(merged),
+            )
+            for user_callback in user_callbacks:
+                user_callback(seen)
         if early_stopping_rounds:
             watched = [m for m in merged if m[0] == stop_set]
             if watched:
@@ -383,6 +408,7 @@ def train_rank(
     job: BoostingJob,
     train,
     evals,
+    callbacks=(),
     streamed: bool = True,
 ) -> BoostingRankResult:
     """One rank of a fit (runs inside a Ray actor); ``hub``: the metric hub's address and the
@@ -417,6 +443,10 @@ def train_rank(
             # Release the reserved port only now, so nothing else can take it while the shard
             # loads; LightGBM binds it a moment later.
             _release_port(token)
+            # the user's callbacks: before an iteration as LightGBM runs them, after one
+            # inside ours (global metrics)
+            before = [cb for cb in callbacks if getattr(cb, "before_iteration", False)]
+            after = [cb for cb in callbacks if not getattr(cb, "before_iteration", False)]
             booster = lightgbm.train(
                 params,
                 dtrain,
@@ -433,7 +463,9 @@ def train_rank(
                         job.checkpoint_every,
                         job.early_stopping_rounds,
                         names[-1] if names else None,
-                    )
+                        after,
+                    ),
+                    *before,
                 ],
             )
     finally:
@@ -443,6 +475,7 @@ def train_rank(
     # "training" includes binning.
     return LightGBMRankResult(
         rows=rows["train"],
+        eval_rows=rows.get("eval", 0),
         best_iteration=booster.best_iteration,
         data_seconds=loaded - started,
         training_seconds=time.perf_counter() - loaded,

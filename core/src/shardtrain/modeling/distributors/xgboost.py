@@ -18,11 +18,12 @@ import time
 from typing import Any
 
 from shardtrain.config import FailureConfig, XGBScalingConfig
-from shardtrain.errors import ScalingConfigError
+from shardtrain.errors import ConfigError, ScalingConfigError
 from shardtrain.model.frameworks import XGBOOST
 from shardtrain.modeling.distributors.boosting import (
     BoostingEstimator,
     BoostingPlan,
+    check_callbacks,
     check_thread_params,
     pop_rounds,
 )
@@ -71,7 +72,20 @@ class XGBEstimator(BoostingEstimator):
         super().__init__(
             n_estimators, objective, params, scaling_config or XGBScalingConfig(), failure_config
         )
-        self.callbacks = list(callbacks or [])
+        self.callbacks = check_callbacks(callbacks, "xgboost.callback.TrainingCallback objects")
+
+    def _check_callbacks(self) -> None:
+        import xgboost
+
+        for i, callback in enumerate(self.callbacks):
+            if not isinstance(callback, xgboost.callback.TrainingCallback):
+                raise ConfigError(
+                    f"callbacks[{i}] is a {type(callback).__name__}: XGBEstimator takes "
+                    "xgboost.callback.TrainingCallback objects (subclass it and override "
+                    "after_iteration), as xgboost.train does.",
+                    field="callbacks",
+                )
+        super()._check_callbacks()
 
     def _resolve(self) -> BoostingPlan:
         params = dict(self.params)
@@ -100,6 +114,19 @@ class XGBEstimator(BoostingEstimator):
             params["device"] = "cuda"
         params["nthread"] = int(shape.cpus)
         return BoostingPlan(params, rounds, early, shape)
+
+    def _with_params(self, booster, plan: BoostingPlan):
+        """The model bytes (UBJ) keep the trees but not the training parameters: a booster
+        loaded from them says ``max_depth`` 6 whatever it was trained with. Set them as
+        ``xgboost.train`` does (``Booster(params)``), so ``save_config()`` tells the truth."""
+        items = []
+        for key, value in self._user_params(plan).items():
+            if key == "eval_metric" and isinstance(value, list | tuple):
+                items.extend((key, metric) for metric in value)  # as Booster() passes a list
+            else:
+                items.append((key, value))
+        booster.set_param(items)
+        return booster
 
     def _shard_memory_bytes(self, rows: int, num_features: int, streaming: bool) -> int:
         """The larger of what a rank holds while it builds its matrix and while it trains.

@@ -398,8 +398,11 @@ def _train_rank(reporter, rank, job, train, evals, callbacks, folder) -> Boostin
     # The training set is evaluated only when the fit wants its metric (an eval set, a
     # metric or verbose output asked for, early stopping): otherwise nobody reads it.
     watch = [(dtrain, "train")] if job.evaluate_train else []
+    eval_rows = 0
     if evals is not None:
-        watch.append((matrix(evals, "eval", ref=dtrain), "eval"))
+        deval = matrix(evals, "eval", ref=dtrain)
+        eval_rows = deval.num_row()
+        watch.append((deval, "eval"))
     cache_bytes = folder_bytes(folder) if folder is not None else 0
     # What building freed (the sketch, the builder's buffers and, in memory, the shard's Arrow
     # batches the iterator kept) goes back to the OS before training: Arrow's pool and glibc's
@@ -429,4 +432,5 @@ def _train_rank(reporter, rank, job, train, evals, callbacks, folder) -> Boostin
         model=bytes(booster.save_raw("ubj")) if rank == 0 else None,
         cache_dir=str(folder) if folder is not None else None,
         cache_bytes=cache_bytes,
+        eval_rows=eval_rows,
     )

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.optim as optim
 from torch.utils.data import DataLoader
 
-from shardtrain import ShardedDataConnector, load_model
+from shardtrain import ShardedDataConnector, fetch_model, load_model
 from shardtrain.config import FailureConfig
 from shardtrain.errors import ScalingConfigError, WorkerError
 from shardtrain.modeling.distributors.pytorch import (
@@ -429,3 +429,28 @@ def test_run_honours_equal_shards(tmp_path):
             assert ids == [list(range(50)), list(range(50, 100))]
         else:
             assert ids == [list(range(50)), list(range(50, 101))]
+
+
+def save_report():
+    """Each rank saves a report through its artifact manager; rank 0's is published."""
+    context = get_context()
+    manager = context.get_artifact_manager()
+    report = os.path.join(context.get_hyper_params()["out"], f"report{context.get_rank()}.json")
+    with open(report, "w") as out:
+        json.dump({"rank": context.get_rank(), "where": manager.get_stage_location()}, out)
+    manager.save_artifact(report, name="reports/report.json")
+
+
+def test_artifact_manager_files_are_published_where_it_said(tmp_path):
+    """Context.get_artifact_manager() (issue 31): what rank 0 saves is published with the
+    model, at get_stage_location(). Its own logic: tests/unit/core/test_artifact_manager.py."""
+    out = tmp_path / "out"
+    out.mkdir()
+    result = PyTorchDistributor(save_report).run(
+        hyper_params={"out": str(out)}, artifact_stage_location=str(tmp_path / "stage")
+    )
+    artifact = result.get_artifact()
+    assert [f["path"] for f in artifact.files] == ["reports/report.json"]
+    fetch_model(artifact, tmp_path / "fetched")
+    report = json.loads((tmp_path / "fetched" / "reports" / "report.json").read_text())
+    assert report == {"rank": 0, "where": result.get_model_dir()}

@@ -25,6 +25,7 @@ from shardtrain.errors import ConfigError
 from shardtrain.model.artifact import ModelArtifact, check_request_id
 from shardtrain.model.frameworks import PYTORCH
 from shardtrain.modeling.distributors.pytorch_worker import (
+    ArtifactManager,
     Context,
     DatasetShard,
     Master,
@@ -42,6 +43,7 @@ from shardtrain.runtime.resources import cluster_shape, resolve_torch_shape
 from shardtrain.runtime.run import Checkpoint, Run, RunPlan, emit
 
 __all__ = [
+    "ArtifactManager",
     "Context",
     "DatasetShard",
     "MetricsReporter",
@@ -186,6 +188,8 @@ class PyTorchDistributor:
                 run.save(Checkpoint(snapshot.step, snapshot.data))
 
         strategy = "STRICT_SPREAD" if nodes > 1 else "PACK"
+        # where rank 0's folder is published (the artifact's uri), for get_artifact_manager()
+        stage_location = run.plan.stage.child_uri(f"model/{run.plan.request_id}")
 
         def attempt(start: Checkpoint) -> list[TorchRankResult]:
             with worker_group.lease(
@@ -204,6 +208,7 @@ class PyTorchDistributor:
                         checkpoint=start.data,
                         checkpoint_step=start.step,
                         gpus=bool(shape.gpus),
+                        stage_location=stage_location,
                     )
                     for r in range(shape.num_workers)
                 ]

@@ -71,6 +71,65 @@ def unpack(data: bytes, folder: Path) -> None:
         tar.extractall(folder, filter="data")
 
 
+class ArtifactManager:
+    """The run's artifacts as a rank sees them (``context.get_artifact_manager()``).
+
+    The vendor's artifact manager moves a training function's files to the run's stage
+    location. On a stage the closest meaning is: what rank 0 saves here is published to
+    ``<stage>/model/<request_id>/`` with the model when ``train_func`` has returned on every
+    rank (files first, the manifest last, so no reader sees half of it); checkpoints go to the
+    stage as the run goes and come back after a restart. Other ranks' saved files stay on
+    their worker and are removed with it, as their ``get_model_dir()`` is.
+    """
+
+    def __init__(self, context: Context, stage_location: str | None) -> None:
+        self._context = context
+        self._stage_location = stage_location
+
+    def get_stage_location(self) -> str | None:
+        """Where rank 0's artifacts are published: ``<stage>/model/<request_id>`` (the
+        ``get_model_dir()`` of the run's result); None outside a run."""
+        return self._stage_location
+
+    def get_local_dir(self) -> str:
+        """The local folder published from rank 0 (``context.get_model_dir()``)."""
+        return self._context.get_model_dir()
+
+    def save_artifact(self, path: str | os.PathLike, name: str | None = None) -> str:
+        """Copy a file or folder into the published folder, as ``name`` (a relative path;
+        default: its own name); returns where the copy is."""
+        source = Path(path)
+        if not source.exists():
+            raise ConfigError(f"save_artifact: {source} does not exist.", path=str(source))
+        target = Path(name if name is not None else source.name)
+        if target.is_absolute() or ".." in target.parts or not target.parts:
+            raise ConfigError(
+                f"save_artifact: name {str(name)!r} must be a relative path inside the model "
+                "folder (no '..').",
+                name=name,
+            )
+        destination = Path(self.get_local_dir()) / target
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, destination, dirs_exist_ok=True)
+        else:
+            shutil.copy2(source, destination)
+        return str(destination)
+
+    def list_artifacts(self) -> list[str]:
+        """The files saved so far, relative to the published folder."""
+        root = Path(self.get_local_dir())
+        return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+    def save_checkpoint(self, folder: str | os.PathLike) -> None:
+        """``context.save_checkpoint``: the run's latest checkpoint, kept on the stage."""
+        self._context.save_checkpoint(folder)
+
+    def get_checkpoint(self) -> str | None:
+        """``context.get_checkpoint``: the latest checkpoint after a restart, or None."""
+        return self._context.get_checkpoint()
+
+
 class Context:
     """What a rank knows about itself and its run (see ``get_context``)."""
 
@@ -91,6 +150,7 @@ class Context:
         checkpoint: bytes | None,
         checkpoint_step: int,
         gpus: bool,
+        stage_location: str | None = None,
     ) -> None:
         self._rank, self._world_size = rank, world_size
         self._local_rank, self._local_world_size = local_rank, local_world_size
@@ -105,6 +165,7 @@ class Context:
         self._checkpoint_steps = checkpoint_step  # continues across restarts
         self._gpus = gpus
         self._checkpoint_dirs: list[str] = []  # handed out by get_checkpoint; removed at the end
+        self._artifacts = ArtifactManager(self, stage_location)
 
     def get_world_size(self) -> int:
         return self._world_size
@@ -145,6 +206,11 @@ class Context:
 
     def get_metrics_reporter(self) -> MetricsReporter:
         return self._metrics
+
+    def get_artifact_manager(self) -> ArtifactManager:
+        """The run's artifacts on the stage: files published with the model, checkpoints
+        (see ``ArtifactManager``)."""
+        return self._artifacts
 
     def save_checkpoint(self, folder: str | os.PathLike) -> None:
         """Keep ``folder`` as the run's latest checkpoint (rank 0's counts; others no-op)."""
@@ -225,6 +291,7 @@ def run_rank(
     checkpoint: bytes | None,
     checkpoint_step: int,
     gpus: bool,
+    stage_location: str | None = None,
 ) -> TorchRankResult:
     """One rank: set the DDP environment and the context, run train_func, clean up."""
     global _current_context
@@ -256,6 +323,7 @@ def run_rank(
         checkpoint=checkpoint,
         checkpoint_step=checkpoint_step,
         gpus=gpus,
+        stage_location=stage_location,
     )
     context = _current_context
     try:

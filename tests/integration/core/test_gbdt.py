@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
@@ -480,3 +482,86 @@ def test_impossible_scaling_refused():
         ).fit(TRAIN, FEATURES, "Y")
     with pytest.raises(ScalingConfigError, match="positive integer or -1"):
         XGBScalingConfig(num_workers=0)
+
+
+# -- the returned boosters are the framework's own, and LightGBM's callbacks (issue 31) ------
+
+SMALL, SMALL_EVAL = make_data(400, 5), make_data(100, 6)
+
+
+def _learner(config: str) -> dict:
+    """A booster's saved configuration, less what differs by where it ran (threads)."""
+    learner = json.loads(config)["learner"]
+    for key in ("nthread", "n_jobs"):
+        learner["generic_param"].pop(key, None)
+    learner.pop("learner_model_param")  # base_score: the mean label, summed over the ranks
+    return learner
+
+
+def test_the_xgboost_booster_keeps_its_training_configuration(tmp_path):
+    params = {
+        "max_depth": 2,
+        "eta": 0.3,
+        "lambda": 2.5,
+        "objective": "reg:pseudohubererror",
+        "huber_slope": 0.5,
+        "eval_metric": ["mae", "rmse"],
+        "tree_method": "hist",
+    }
+    booster = XGBEstimator(
+        n_estimators=4, params=params, scaling_config=XGBScalingConfig(**TWO)
+    ).fit(SMALL, FEATURES, "Y", artifact_stage_location=str(tmp_path))
+    plain = xgb.train(params, xgb.DMatrix(SMALL[FEATURES], SMALL["Y"]), 4)
+    config = json.loads(booster.save_config())["learner"]
+    assert config["gradient_booster"]["tree_train_param"]["max_depth"] == "2"  # not the default 6
+    assert _learner(booster.save_config()) == _learner(plain.save_config())
+
+
+def test_the_lightgbm_booster_keeps_its_params(tmp_path):
+    params = {"num_leaves": 4, "learning_rate": 0.2, "min_data_in_leaf": 5, "verbose": -1}
+    booster = LightGBMEstimator(
+        n_estimators=4, params=params, scaling_config=LightGBMScalingConfig(**TWO)
+    ).fit(SMALL, FEATURES, "Y", artifact_stage_location=str(tmp_path))
+    plain = lgb.train(
+        {**params, "objective": "regression"}, lgb.Dataset(SMALL[FEATURES], SMALL["Y"]), 4
+    )
+    assert booster.params == plain.params
+    assert "machines" not in booster.params  # the ranks' network is not a training parameter
+
+
+class RecordRounds:
+    """A LightGBM callback that writes what each rank saw each round to ``folder``."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def __call__(self, env) -> None:
+        from shardtrain.runtime.worker_context import current_worker
+
+        rank = current_worker().rank
+        seen = [[name, metric, value] for name, metric, value, *_ in env.evaluation_result_list]
+        with open(Path(self.folder) / f"rank{rank}.jsonl", "a") as out:
+            out.write(json.dumps({"iteration": env.iteration, "metrics": seen}) + "\n")
+
+
+def test_lightgbm_callbacks_run_on_every_rank_with_global_metrics(tmp_path):
+    folder = tmp_path / "seen"
+    folder.mkdir()
+    est = LightGBMEstimator(
+        n_estimators=3,
+        params={"num_leaves": 4, "min_data_in_leaf": 5},
+        scaling_config=LightGBMScalingConfig(**TWO),
+        callbacks=[RecordRounds(str(folder)), lgb.reset_parameter(learning_rate=[0.3, 0.2, 0.1])],
+    )
+    est.fit(
+        SMALL, FEATURES, "Y", eval_set=SMALL_EVAL, artifact_stage_location=str(tmp_path / "stage")
+    )
+    seen = {
+        path.stem: [json.loads(line) for line in path.read_text().splitlines()]
+        for path in sorted(folder.iterdir())
+    }
+    assert set(seen) == {"rank0", "rank1"}
+    assert seen["rank0"] == seen["rank1"]  # the same global metrics on both ranks
+    assert [r["iteration"] for r in seen["rank0"]] == [0, 1, 2]
+    eval_l2 = [v for r in seen["rank0"] for name, metric, v in r["metrics"] if name == "eval"]
+    assert eval_l2 == pytest.approx(est.get_eval_results()["eval"]["l2"])

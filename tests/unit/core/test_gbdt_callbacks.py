@@ -1,6 +1,6 @@
 """Callbacks that no rank could run are refused on the driver, before any worker starts, with
 a message that says what to pass (issue 31). The callbacks running on every rank, with the
-global metrics: tests/integration/core/test_booster_fidelity.py."""
+global metrics: tests/integration/core/test_gbdt.py (the end)."""
 
 from __future__ import annotations
 

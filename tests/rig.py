@@ -205,9 +205,11 @@ class Rig:
     Args:
         fast_failure_detection: run Ray's node health checks at 1 s x 3 instead of Ray's
             defaults (the suite's choice, to stay inside its time budget).
+        code: a folder put before the repository on every rig process's ``PYTHONPATH``
+            (e.g. an older ``core/src`` exported by ``git archive``, to compare behaviours).
     """
 
-    def __init__(self, *, fast_failure_detection: bool = False) -> None:
+    def __init__(self, *, fast_failure_detection: bool = False, code: str | None = None) -> None:
         self.run_id = secrets.token_hex(2)
         self.dir = STATE_ROOT / self.run_id
         self.bridge = f"{PREFIX}{self.run_id}br"
@@ -221,8 +223,10 @@ class Rig:
             for name, octet in HOSTS.items()
         }
         self.fast_failure_detection = fast_failure_detection
+        self.pythonpath = f"{code}:{REPO}" if code else str(REPO)
         self._supervisors: dict[str, threading.Event] = {}
         self._timers: list[threading.Thread] = []
+        self._spawned: list[subprocess.Popen] = []
         self.events: list[tuple[float, str]] = []  # (time.time(), what happened)
         self.closed = False
 
@@ -319,7 +323,7 @@ class Rig:
             "PATH": f"{VENV_BIN}:/usr/local/bin:/usr/bin:/bin",
             "HOME": str(self.dir / host / "home"),
             "LANG": "C.UTF-8",
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": self.pythonpath,
             "SHARDTRAIN_HOME": str(self.dir / host / "shardtrain"),
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": str(self.token_path),
@@ -366,7 +370,7 @@ class Rig:
         """``argv`` in ``host``'s namespace, in the background (output to ``log`` in the rig's
         folder); ended with the namespace."""
         out = open(self.dir / log, "ab")  # noqa: SIM115 - the child holds it
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             ["ip", "netns", "exec", self.hosts[host].ns, *argv],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -374,6 +378,9 @@ class Rig:
             cwd=REPO,
             start_new_session=True,
         )
+        out.close()
+        self._spawned.append(proc)
+        return proc
 
     def python(self, host: str, *args: str, timeout: float = 300) -> str:
         """``python *args`` on ``host``; its stdout."""
@@ -566,6 +573,11 @@ class Rig:
             stop.set()
         self._supervisors.clear()
         _remove_run(self.run_id)
+        for proc in self._spawned:  # killed with their namespace: collect their exit status
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
 
     def log(self, name: str) -> str:
         path = self.dir / name

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.rig import PYTHON, REPO, WORKERS, RigError
+from tests.rig import PYTHON, WORKERS, RigError
 
 pytestmark = [pytest.mark.rig, pytest.mark.jobs, pytest.mark.s3, pytest.mark.subprocess]
 
@@ -49,7 +49,7 @@ def train_args(rig, request_id: str, rounds: int, **extra) -> dict:
         "token_path": str(rig.token_path),
         "job_server": rig.job_server,
         "python": PYTHON,
-        "pythonpath": str(REPO),
+        "pythonpath": rig.pythonpath,
         "request_id": request_id,
         "stage": "s3://rig/stage",
         "data": "s3://rig/data/train",
@@ -102,50 +102,69 @@ def _wait_for(rig, log: str, pattern: str, proc, timeout: float) -> re.Match:
     raise AssertionError(f"{pattern!r} not in {log} within {timeout} s:\n{rig.log(log)[-4000:]}")
 
 
+def kill_mid_fit(rig, request_id: str, host: str = "w1", at_round: int = 20) -> dict:
+    """Submit a fit from the orchestrator host, kill every process of ``host`` once the job
+    logs round ``at_round`` (its supervisor brings it back 2 s later), and wait for the job.
+    Returns what happened; raises AssertionError with the log when the fit did not resume
+    inside the same job with exactly its rounds."""
+    rig.supervise(host, restart_after_s=2.0)
+    log = f"{request_id}.log"
+    try:
+        args = train_args(
+            rig,
+            request_id,
+            rounds=KILL_ROUNDS,
+            max_depth=6,
+            failure_config={"max_failures": 2, "checkpoint_frequency": CHECKPOINT_EVERY},
+        )
+        began = time.monotonic()
+        proc = rig.spawn(
+            "orch",
+            [PYTHON, "-m", "tests.system.rig.orchestrator", "train", json.dumps(args)],
+            log,
+        )
+        try:
+            _wait_for(rig, log, rf"JOB \[{at_round}\]\t", proc, timeout=120)
+            killed_at = time.monotonic()
+            assert rig.kill(host)
+            proc.wait(timeout=240)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        done = time.monotonic()
+        out = rig.log(log)
+        result = _result(out)
+        assert result["status"] == "SUCCEEDED", out[-4000:]
+        assert result["rounds"] == KILL_ROUNDS, out[-4000:]  # exact: none lost or repeated
+        assert f"submitted shardtrain-{request_id}-1" in out  # one job: resumed inside it
+        restart = re.search(r"Restarting the worker group \(1/2\) from round (\d+)\.", out)
+        assert restart, out[-4000:]
+        resumed_from = int(restart.group(1))
+        assert resumed_from >= at_round and resumed_from % CHECKPOINT_EVERY == 0
+        assert rig.raylet_alive(host)  # the supervisor brought the host back
+        return {
+            "resumed_from": resumed_from,
+            "after_kill_s": round(done - killed_at, 1),
+            "total_s": round(done - began, 1),
+            "error": re.search(r"worker rank \d died \((\w+)", out).group(1)
+            if re.search(r"worker rank \d died \((\w+)", out)
+            else None,
+            "log": out,
+        }
+    finally:
+        rig.unsupervise(host)
+
+
 def test_a_worker_host_killed_mid_fit_resumes_from_its_checkpoint_in_the_same_job(rig, dataset):
     """Every process of worker host w1 is killed at round ~20 (a rank runs there, and
     perhaps the worker pool); its supervisor brings the host back 2 s later, as KubeRay or
     systemd would. The fit resumes inside the same job from its last checkpoint and ends with
     exactly the rounds asked for; the orchestrator loads the model."""
-    rig.supervise("w1", restart_after_s=2.0)
-    try:
-        args = train_args(
-            rig,
-            "rig-kill",
-            rounds=KILL_ROUNDS,
-            max_depth=6,
-            failure_config={"max_failures": 2, "checkpoint_frequency": CHECKPOINT_EVERY},
-        )
-        proc = rig.spawn(
-            "orch",
-            [PYTHON, "-m", "tests.system.rig.orchestrator", "train", json.dumps(args)],
-            "kill.log",
-        )
-        try:
-            _wait_for(rig, "kill.log", r"JOB \[20\]\t", proc, timeout=120)
-            killed_at = time.monotonic()
-            assert rig.kill("w1")
-            proc.wait(timeout=180)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        recovered_s = time.monotonic() - killed_at
-        out = rig.log("kill.log")
-        result = _result(out)
-        assert result["status"] == "SUCCEEDED", out[-4000:]
-        assert result["rounds"] == KILL_ROUNDS  # exact: no round lost, none repeated
-        assert "submitted shardtrain-rig-kill-1" in out  # one job: resumed inside it
-        restart = re.search(r"Restarting the worker group \(1/2\) from round (\d+)\.", out)
-        assert restart, out[-4000:]
-        resumed_from = int(restart.group(1))
-        assert resumed_from >= 20 and resumed_from % CHECKPOINT_EVERY == 0
-        print(
-            f"killed at round ~20, resumed from {resumed_from}, job done {recovered_s:.1f} s "
-            f"after the kill"
-        )
-        assert rig.raylet_alive("w1")  # the supervisor brought the host back
-    finally:
-        rig.unsupervise("w1")
+    outcome = kill_mid_fit(rig, "rig-kill")
+    print(
+        f"resumed from round {outcome['resumed_from']}; job done {outcome['after_kill_s']} s "
+        f"after the kill ({outcome['error']})"
+    )
 
 
 def test_the_rig_leaves_nothing_behind():

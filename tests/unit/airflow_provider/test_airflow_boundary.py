@@ -893,3 +893,43 @@ def test_a_try_killed_itself_fails_with_its_stopped_job_and_starts_no_other(monk
     with pytest.raises(JobStoppedError):
         op.execute({"ti": ti})
     assert sorted(client.jobs) == ["shardtrain-r-1", "shardtrain-r-1-stop"]
+
+
+def test_an_in_process_fit_ended_by_its_own_on_kill_says_the_task_was_killed(monkeypatch):
+    """Marked failed: on_kill stops the workers and the fit raises WorkerDiedError, whose
+    message blames a killed or out-of-memory process; the task's error names the kill."""
+    from airflow.sdk.exceptions import AirflowTaskTerminated
+
+    from shardtrain.errors import WorkerDiedError
+    from shardtrain_airflow.operators import XGBoostTrainOperator
+    from shardtrain_airflow.operators import train as train_module
+
+    monkeypatch.setattr(train_module, "request_id_for", lambda ti: "r")
+    monkeypatch.setattr(train_module.RayHook, "connect", lambda self: None)
+    monkeypatch.setattr(train_module, "record_dashboard", lambda context, log: None)
+    monkeypatch.setattr(train_module, "shutdown_workers", lambda: None)
+    op = XGBoostTrainOperator(
+        task_id="train",
+        path="/data/train.parquet",
+        input_cols=["A", "B"],
+        label_col="Y",
+        artifact_stage_location="/tmp/stage",
+        run_as_job=False,
+    )
+
+    def killed_fit(spec, **kwargs):
+        op.on_kill()  # Airflow's SIGTERM handler, while the fit runs
+        raise WorkerDiedError("worker rank 0 died (killed, or out of memory)")
+
+    monkeypatch.setattr(train_module, "run_training", killed_fit)
+    with pytest.raises(AirflowTaskTerminated, match="'train' was killed") as raised:
+        op.execute({"ti": SimpleNamespace()})
+    assert isinstance(raised.value.__cause__, WorkerDiedError)
+
+    def failing_fit(spec, **kwargs):  # not killed: the fit's own error, unchanged
+        raise WorkerDiedError("worker rank 0 died")
+
+    op._killed = False
+    monkeypatch.setattr(train_module, "run_training", failing_fit)
+    with pytest.raises(WorkerDiedError):
+        op.execute({"ti": SimpleNamespace()})

@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowTaskTerminated
 
 from shardtrain.errors import ConfigError
 from shardtrain.integrations import TrainingSpec, request_id_from, run_training, shutdown_workers
@@ -219,12 +220,23 @@ class TrainOperator(BaseOperator):
         with optional_session(conn_id) as session:
             RayHook(self.ray_conn_id).connect()
             record_dashboard(context, self.log)
-            artifact = run_training(
-                spec,
-                session=session,
-                storage_options=self.storage_options,
-                train_func=self.train_callable(),
-            )
+            try:
+                artifact = run_training(
+                    spec,
+                    session=session,
+                    storage_options=self.storage_options,
+                    train_func=self.train_callable(),
+                )
+            except Exception as exc:
+                if not self._killed:
+                    raise
+                # Our own on_kill stopped the workers: say so, not "a worker died (killed,
+                # or out of memory)".
+                raise AirflowTaskTerminated(
+                    f"task {self.task_id!r} was killed (marked failed, cleared or timed out): "
+                    f"on_kill stopped its Ray workers, and the fit ended with "
+                    f"{type(exc).__name__}"
+                ) from exc
         return self._returned(artifact)
 
     def _execute_as_job(self, spec: TrainingSpec, context: Any) -> dict[str, Any] | None:

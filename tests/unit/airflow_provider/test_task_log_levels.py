@@ -1,10 +1,10 @@
-"""[Unit layer: the checks that need no Ray, process or server; the rest are in tests/system/airflow_provider/test_task_log_levels.py.]
+"""[Unit layer: the checks that need no Ray, process or server; the rest are in tests/system/airflow_provider/test_airflow_services.py (test_ray_and_mlflow_info_lines_are_info_in_the_task_log, on the real scheduler of that module).]
 
 Ray's and MLflow's info lines reach the Airflow task log at info, not at error.
 
 Airflow's supervisor writes a task's stderr into its log at level error; Ray and MLflow write
 their info lines to stderr through handlers of their own (MLflow prints its registry events).
-Only a supervised task shows this, so the DAG runs with ``dag.test(use_executor=True)``: the
+Only a supervised task shows this, so the system half runs the DAG on a real scheduler: its
 LocalExecutor runs each task in its own supervised process, which talks to a real execution
 API server, and the test reads the task logs Airflow wrote (structlog JSON, one record a line).
 """

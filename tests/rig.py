@@ -422,10 +422,21 @@ class Rig:
         )
         self.event("head up")
 
-    def start_worker(self, host: str) -> None:
-        """A Ray worker node on ``host`` (again, after ``kill``: a new raylet, same address)."""
-        self._ray_start(host, [f"--address={self.gcs_address}", "--num-cpus=1"])
-        self.event(f"{host} raylet started")
+    def start_worker(self, host: str, tries: int = 2) -> None:
+        """A Ray worker node on ``host`` (again, after ``kill``: a new raylet, same address).
+        ``ray start`` gives up after 30 s without an answer from the GCS (a loaded machine):
+        what it left is killed and it is tried again, ``tries`` times in all."""
+        for attempt in range(1, tries + 1):
+            try:
+                self._ray_start(host, [f"--address={self.gcs_address}", "--num-cpus=1"])
+            except RigError:
+                if attempt == tries:
+                    raise
+                self.event(f"{host} raylet start failed: trying again")
+                _kill_ns(self.hosts[host].ns)
+                continue
+            self.event(f"{host} raylet started")
+            return
 
     def _wait_http(self, host: str, url: str, what: str, timeout: float = 60) -> None:
         script = (

@@ -19,7 +19,7 @@ from tests.rig import PYTHON, WORKERS, RigError
 pytestmark = [pytest.mark.rig, pytest.mark.jobs, pytest.mark.s3, pytest.mark.subprocess]
 
 ROWS = 200_000
-KILL_ROUNDS = 400
+KILL_ROUNDS = 200
 CHECKPOINT_EVERY = 10
 
 
@@ -114,7 +114,7 @@ def kill_mid_fit(rig, request_id: str, host: str = "w1", at_round: int = 20) -> 
             rig,
             request_id,
             rounds=KILL_ROUNDS,
-            max_depth=6,
+            max_depth=5,
             failure_config={"max_failures": 2, "checkpoint_frequency": CHECKPOINT_EVERY},
         )
         began = time.monotonic()

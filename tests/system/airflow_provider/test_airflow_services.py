@@ -44,6 +44,7 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.helpers import FEATURES, seed_mlflow_registry, write_regression
@@ -397,6 +398,9 @@ def test_killing_a_task_process_mid_job_retries_onto_the_same_job(services, ray_
         timeout=60,
     )
     (sid,) = _jobs(ray_head, "killed")
+    # The try's own process, running under the scheduler's LocalExecutor: never another.
+    assert ti["state"] == "running" and ti["try_number"] == 1, ti
+    assert services.procs["scheduler"].pid in {p.pid for p in psutil.Process(ti["pid"]).parents()}
     os.kill(ti["pid"], signal.SIGKILL)
     second = services.wait_for(
         "the retry to reattach",
@@ -429,7 +433,7 @@ def test_a_restarted_triggerer_forwards_no_line_of_the_job_twice(services, ray_h
     first, second = services.task_log("deferred", 1), services.task_log("deferred", 2)
     assert ti["state"] == "success", second[-4000:]
     assert ti["try_number"] == 2
-    assert "JobStoppedError" not in second
+    assert "JobStoppedError" not in second and "reattached" not in second
     jobs = _jobs(ray_head, "deferred")
     by_attempt = sorted(s for s in jobs if s.rsplit("-", 1)[-1].isdigit())
     assert [jobs[s] for s in by_attempt] == ["STOPPED", "SUCCEEDED"], jobs

@@ -569,6 +569,7 @@ def acquire(
         except RayActorError as exc:  # the pool died: start another
             if time.monotonic() >= deadline:
                 raise _lost("the cluster's worker pool", exc) from exc
+            logger.info("the worker pool died (%s); starting another", type(exc).__name__)
             if replaced:  # the new one died too: not in a tight loop
                 time.sleep(POOL_RETRY_S)
             replaced = True

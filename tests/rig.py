@@ -178,7 +178,10 @@ def clean_leftovers() -> list[str]:
     run_ids: set[str] = set()
     for ns in _ip("netns", "list", check=False).stdout.split("\n"):
         name = ns.split(" ")[0]
-        if name.startswith(f"{PREFIX}-") and not name.startswith(f"{PREFIX}-probe-"):
+        if name.startswith(f"{PREFIX}-probe-"):  # why_not's, left by a process now gone
+            if not _alive(int(name.rsplit("-", 1)[1])):
+                _ip("netns", "del", name, check=False)
+        elif name.startswith(f"{PREFIX}-"):
             run_ids.add(name.split("-")[1])
     for link in _links():
         if link.startswith(PREFIX) and len(link) >= len(PREFIX) + 4:

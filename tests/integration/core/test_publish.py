@@ -198,6 +198,8 @@ def test_eight_concurrent_publishers(backend, tmp_path, request):
 def test_no_credentials_in_manifest_or_artifact(s3_server, tmp_path):
     from snowflake.snowpark import Session
 
+    from shardtrain.integrations import close_session
+
     folder, _ = xgb_dir(tmp_path)
     artifact = publish_model(
         folder,
@@ -221,7 +223,7 @@ def test_no_credentials_in_manifest_or_artifact(s3_server, tmp_path):
         )
         texts += [sf.to_json(), open_stage(sf.uri, session=session).read_bytes(MANIFEST).decode()]
     finally:
-        session.close()
+        close_session(session)  # and its exit hook (see tests/integration/conftest.py)
     for text in texts:
         for secret in (s3_server["key"], s3_server["secret"], "pw-never-written-9431"):
             assert secret not in text

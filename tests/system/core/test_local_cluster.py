@@ -153,18 +153,54 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_processes_starting_at_once_share_one_head(home):
-    first, second = _driver(), _driver()
+def test_processes_starting_at_once_replace_a_stale_record_with_one_shared_head(home):
+    """Three behaviours on one head (a head start costs ~8 s): a stale record (its head is
+    gone) is replaced; processes starting at once share the one head they start; a head
+    whose record is deleted (e.g. pytest removing an old session's home) stops itself, so no
+    head is left that nothing could stop."""
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(dead.stdout)
+    stale = local_cluster.LocalCluster(
+        gcs_address="127.0.0.1:1",
+        dashboard_url="http://127.0.0.1:1",
+        head_pgid=dead_pid,
+        gcs_pid=dead_pid,
+        gcs_started=time.time() - 3600,
+        monitor_pid=None,
+        num_cpus=1,
+        idle_s=1800.0,
+        temp_dir=str(home / "gone"),
+        cluster_dir=str(home / "cluster"),
+        started_at=time.time() - 3600,
+    )
+    (home / "cluster").mkdir(parents=True)
+    local_cluster._write_record(stale)
+    assert local_cluster.current() is None
+
+    # Idle long enough not to stop for that before the record goes (the log line below tells
+    # why it stopped); the monitor looks every idle_s / 5 = 4 s.
+    first, second = _driver(SHARDTRAIN_CLUSTER_IDLE_S="20"), _driver(SHARDTRAIN_CLUSTER_IDLE_S="20")
     a, b = _report(first), _report(second)
     record = local_cluster.current()
-    assert record is not None
-    assert a["gcs_address"] == b["gcs_address"] == record.gcs_address
+    assert record is not None and record.gcs_pid != dead_pid
+    assert a["gcs_address"] == b["gcs_address"] == record.gcs_address != stale.gcs_address
     assert a["node_id"] == b["node_id"]
     assert len(_gcs_servers(record.temp_dir)) == 1
     # runtime_env given when joining reaches the workers
     assert a["probe"] == b["probe"] == "from-runtime-env"
     started = (home / "cluster" / "start.log").read_text().count("Ray runtime started")
     assert started == 1
+
+    (home / "cluster" / "cluster.json").unlink()
+    deadline = time.monotonic() + 60
+    while _head_processes(record):
+        assert time.monotonic() < deadline, "the head outlived its record"
+        time.sleep(0.5)
+    assert (
+        "the record went away: stopped the head" in (home / "cluster" / "monitor.log").read_text()
+    )
 
 
 def test_a_later_process_joins_the_running_head(running_head):
@@ -232,34 +268,6 @@ def test_cli_start_status_stop(home):
     assert _cli("stop").returncode == 0
 
 
-def test_stale_record_is_replaced(home):
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
-    )
-    dead_pid = int(dead.stdout)
-    stale = local_cluster.LocalCluster(
-        gcs_address="127.0.0.1:1",
-        dashboard_url="http://127.0.0.1:1",
-        head_pgid=dead_pid,
-        gcs_pid=dead_pid,
-        gcs_started=time.time() - 3600,
-        monitor_pid=None,
-        num_cpus=1,
-        idle_s=1800.0,
-        temp_dir=str(home / "gone"),
-        cluster_dir=str(home / "cluster"),
-        started_at=time.time() - 3600,
-    )
-    (home / "cluster").mkdir(parents=True)
-    local_cluster._write_record(stale)
-    assert local_cluster.current() is None
-
-    report = _report(_driver())
-    record = local_cluster.current()
-    assert record is not None and record.gcs_pid != dead_pid
-    assert report["gcs_address"] == record.gcs_address != stale.gcs_address
-
-
 def test_idle_head_stops_but_not_while_a_driver_is_connected(home, monkeypatch):
     monkeypatch.setenv("SHARDTRAIN_CLUSTER_IDLE_S", "5")
     record = local_cluster.ensure(num_cpus=1)
@@ -285,22 +293,6 @@ def test_idle_head_stops_but_not_while_a_driver_is_connected(home, monkeypatch):
     assert not _head_processes(record)
     assert not (home / "cluster" / "cluster.json").exists()
     assert "stopping the head" in (home / "cluster" / "monitor.log").read_text()
-
-
-def test_a_head_whose_record_is_deleted_stops_itself(home, monkeypatch):
-    """E.g. pytest deleting an old session's home: no head is left that nothing could stop."""
-    # Idle long enough not to stop for that (the log line below tells why it stopped); the
-    # monitor looks every idle_s / 5 = 4 s (10 s at most: 600 s idle took 10 s more here).
-    monkeypatch.setenv("SHARDTRAIN_CLUSTER_IDLE_S", "20")
-    record = local_cluster.ensure(num_cpus=1)
-    (home / "cluster" / "cluster.json").unlink()
-    deadline = time.monotonic() + 60
-    while _head_processes(record):
-        assert time.monotonic() < deadline, "the head outlived its record"
-        time.sleep(0.5)
-    assert (
-        "the record went away: stopped the head" in (home / "cluster" / "monitor.log").read_text()
-    )
 
 
 def test_private_mode_starts_its_own_ray(home):

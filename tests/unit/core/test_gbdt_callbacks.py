@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import xgboost as xgb
 
+from shardtrain.config import FailureConfig
 from shardtrain.errors import ConfigError, ShardtrainError
 from shardtrain.modeling.distributors.lightgbm import LightGBMEstimator
 from shardtrain.modeling.distributors.xgboost import XGBEstimator
@@ -60,3 +61,10 @@ def test_xgboost_takes_training_callback_objects():
     with pytest.raises(ConfigError, match="xgboost.callback.TrainingCallback objects"):
         est.fit(DATA, ["A"], "Y")
     assert XGBEstimator(callbacks=[xgb.callback.EarlyStopping(rounds=2)]).callbacks
+
+
+def test_a_failure_config_in_the_old_fifth_place_still_works_with_a_warning():
+    failure = FailureConfig(max_failures=2)
+    with pytest.warns(DeprecationWarning, match="pass failure_config=... by keyword"):
+        est = LightGBMEstimator(10, "regression", None, None, failure)
+    assert est.failure_config is failure and est.callbacks == []

@@ -21,6 +21,7 @@ budget a rank reads its shard whole (Arrow), which binning from costs less CPU.
 from __future__ import annotations
 
 import uuid
+import warnings
 from typing import Any
 
 from shardtrain.config import FailureConfig, LightGBMScalingConfig
@@ -95,6 +96,15 @@ class LightGBMEstimator(BoostingEstimator):
         callbacks: list | None = None,
         failure_config: FailureConfig | None = None,
     ) -> None:
+        if isinstance(callbacks, FailureConfig) and failure_config is None:
+            # 0.1 took failure_config fifth, where the vendor (and XGBEstimator) take callbacks
+            warnings.warn(
+                "LightGBMEstimator's fifth positional argument is callbacks since 0.2: pass "
+                "failure_config=... by keyword.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            callbacks, failure_config = None, callbacks
         super().__init__(
             n_estimators,
             objective,

@@ -299,9 +299,11 @@ class Rig:
         self.build_network()
         self.token_path.write_text(secrets.token_hex(32))
         self.token_path.chmod(0o600)
-        self.start_s3()
-        self.start_head()
         errors: list[BaseException] = []
+        s3 = threading.Thread(target=self._start_s3_noting, args=(errors,))
+        s3.start()  # beside the head: they do not need each other
+        self.start_head()
+        s3.join()
 
         def start(name: str) -> None:
             try:
@@ -341,7 +343,15 @@ class Rig:
         }
         if self.fast_failure_detection:
             env.update(FAST_HEALTH_CHECK)
-        (self.dir / host / "home").mkdir(parents=True, exist_ok=True)
+        home = self.dir / host / "home"
+        if not home.exists():
+            home.mkdir(parents=True)
+            # matplotlib's font list (a publish draws training curves): built once per
+            # machine, seconds on a loaded one; copied, not shared, so nothing outside the
+            # rig's folder is written
+            fonts = Path.home() / ".cache" / "matplotlib"
+            if fonts.is_dir():
+                shutil.copytree(fonts, home / ".cache" / "matplotlib")
         return env
 
     def run(
@@ -388,6 +398,12 @@ class Rig:
     def python(self, host: str, *args: str, timeout: float = 300) -> str:
         """``python *args`` on ``host``; its stdout."""
         return self.run(host, [PYTHON, *args], timeout=timeout).stdout
+
+    def _start_s3_noting(self, errors: list[BaseException]) -> None:
+        try:
+            self.start_s3()
+        except BaseException as exc:  # reported by start
+            errors.append(exc)
 
     def start_s3(self) -> None:
         ip = self.hosts["s3"].ip

@@ -104,10 +104,10 @@ def _wait_for(rig, log: str, pattern: str, proc, timeout: float) -> re.Match:
 
 def kill_mid_fit(rig, request_id: str, host: str = "w1", at_round: int = 20) -> dict:
     """Submit a fit from the orchestrator host, kill every process of ``host`` once the job
-    logs round ``at_round`` (its supervisor brings it back 2 s later), and wait for the job.
+    logs round ``at_round`` (its supervisor brings it back 1 s later), and wait for the job.
     Returns what happened; raises AssertionError with the log when the fit did not resume
     inside the same job with exactly its rounds."""
-    rig.supervise(host, restart_after_s=2.0)
+    rig.supervise(host, restart_after_s=1.0)
     log = f"{request_id}.log"
     try:
         args = train_args(
@@ -157,7 +157,7 @@ def kill_mid_fit(rig, request_id: str, host: str = "w1", at_round: int = 20) -> 
 
 def test_a_worker_host_killed_mid_fit_resumes_from_its_checkpoint_in_the_same_job(rig, dataset):
     """Every process of worker host w1 is killed at round ~20 (a rank runs there, and
-    perhaps the worker pool); its supervisor brings the host back 2 s later, as KubeRay or
+    perhaps the worker pool); its supervisor brings the host back 1 s later, as KubeRay or
     systemd would. The fit resumes inside the same job from its last checkpoint and ends with
     exactly the rounds asked for; the orchestrator loads the model."""
     outcome = kill_mid_fit(rig, "rig-kill")

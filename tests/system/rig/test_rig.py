@@ -142,13 +142,13 @@ def kill_mid_fit(rig, request_id: str, host: str = "w1", at_round: int = 20) -> 
         resumed_from = int(restart.group(1))
         assert resumed_from >= at_round and resumed_from % CHECKPOINT_EVERY == 0
         assert rig.raylet_alive(host)  # the supervisor brought the host back
+        died = re.search(r"worker rank \d died on node ([\d.]+) \((\w+)", out)
+        assert died is None or died.group(1) == rig.hosts[host].ip  # the error names the host
         return {
             "resumed_from": resumed_from,
             "after_kill_s": round(done - killed_at, 1),
             "total_s": round(done - began, 1),
-            "error": re.search(r"worker rank \d died \((\w+)", out).group(1)
-            if re.search(r"worker rank \d died \((\w+)", out)
-            else None,
+            "error": died.group(2) if died else None,
             "log": out,
         }
     finally:

@@ -284,6 +284,18 @@ def test_a_rank_failure_seen_during_the_grace_names_the_root_cause(fake_ray):
     assert caught.value.rank == 1
 
 
+def test_a_rank_s_death_names_its_node(fake_ray, monkeypatch):
+    monkeypatch.setattr(worker_group, "DEATH_GRACE_S", 0.0)
+    group, _ = group_of([FakeRank(Ref(error=unavailable())), FakeRank(([], None))])
+    group.infos = [{"ip": "198.18.29.11"}, {"ip": "198.18.29.12"}]
+    with pytest.raises(WorkerDiedError) as caught:
+        group.run(lambda reporter: None, [{}, {}], on_progress=lambda events, snap: None)
+    assert str(caught.value).startswith(
+        "worker rank 0 died on node 198.18.29.11 (ActorUnavailableError: The actor"
+    )
+    assert caught.value.host == "198.18.29.11"
+
+
 def test_a_rank_whose_host_vanished_is_a_death_not_a_task_error(fake_ray):
     error = worker_group.WorkerGroup._error(Ref(error=unavailable()), rank=1)
     assert isinstance(error, WorkerDiedError) and error.rank == 1

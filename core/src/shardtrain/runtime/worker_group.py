@@ -114,7 +114,7 @@ class WorkerGroup:
                 ready, pending = ray.wait(
                     pending, num_returns=len(pending), timeout=POLL_INTERVAL_S
                 )
-                failed = [ref for ref in ready if self._error(ref, rank_of[ref])]
+                failed = [ref for ref in ready if self._error(ref, rank_of[ref], self._host)]
                 if failed:
                     logs.drain(final=True)
                     # What rank 0 reported since the last poll (the rounds it finished, a
@@ -169,15 +169,16 @@ class WorkerGroup:
             logger.debug("no final progress from rank 0", exc_info=True)
 
     @staticmethod
-    def _error(ref, rank: int) -> ShardtrainError | None:
-        """The failure behind a finished ref, as a shardtrain error (None if it succeeded)."""
+    def _error(ref, rank: int, host_of: Callable[[int], str | None] | None = None):
+        """The failure behind a finished ref, as a shardtrain error (None if it succeeded);
+        ``host_of(rank)`` names the rank's node in a death."""
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
         try:
             ray.get(ref)
         except RayActorError as exc:  # ActorDiedError, or ActorUnavailableError: host lost
-            return _died(rank, exc)
+            return _died(rank, exc, host_of(rank) if host_of else None)
         except RayTaskError as exc:
             cause = getattr(exc, "cause", None)
             if isinstance(cause, ShardtrainError):
@@ -200,10 +201,10 @@ class WorkerGroup:
                 return 0
             return 2 if isinstance(error, WorkerError) else 1
 
-        errors = [self._error(ref, rank_of[ref]) for ref in failed]
+        errors = [self._error(ref, rank_of[ref], self._host) for ref in failed]
         if pending and min(map(severity, errors)) > 0:
             late, _ = ray.wait(pending, num_returns=len(pending), timeout=DEATH_GRACE_S)
-            errors += [e for e in (self._error(ref, rank_of[ref]) for ref in late) if e]
+            errors += [e for e in (self._error(ref, rank_of[ref], self._host) for ref in late) if e]
         raise min(errors, key=severity)
 
     def _raise_rank0_lost(self, exc: BaseException, pending, rank_of) -> None:
@@ -218,10 +219,17 @@ class WorkerGroup:
             if pending
             else ([], [])
         )
-        failed = [ref for ref in late if self._error(ref, rank_of[ref])]
+        failed = [ref for ref in late if self._error(ref, rank_of[ref], self._host)]
         if failed:
             self._raise_root_cause(failed, rest, rank_of)
-        raise _died(0, exc) from exc
+        raise _died(0, exc, self._host(0)) from exc
+
+    def _host(self, rank: int) -> str | None:
+        """The address of the node rank ``rank`` runs on (as it said when it started)."""
+        try:
+            return self.infos[rank].get("ip")
+        except (IndexError, AttributeError):
+            return None
 
     def shutdown(self) -> None:
         """Have the pool kill this group now (its resources come back before this returns)."""
@@ -236,12 +244,15 @@ class WorkerGroup:
             pass
 
 
-def _died(rank: int, exc: BaseException) -> WorkerDiedError:
-    """A rank's actor died or its host vanished, as the error a run restarts on."""
+def _died(rank: int, exc: BaseException, host: str | None = None) -> WorkerDiedError:
+    """A rank's actor died or its host vanished, as the error a run restarts on (``host``:
+    the node's address, named in the message and kept as ``error.host``)."""
     first = str(exc).splitlines()[0] if str(exc) else ""
+    on = f" on node {host}" if host else ""
     return WorkerDiedError(
-        f"worker rank {rank} died ({type(exc).__name__}: {first}).",
+        f"worker rank {rank} died{on} ({type(exc).__name__}: {first}).",
         rank=rank,
+        host=host,
         worker_traceback=str(exc),
     )
 

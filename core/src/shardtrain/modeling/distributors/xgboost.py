@@ -44,7 +44,9 @@ class XGBEstimator(BoostingEstimator):
         objective: the learning objective (``objective`` in ``params`` wins).
         params: XGBoost parameters; ``early_stopping_rounds`` is honoured across ranks.
         scaling_config: an ``XGBScalingConfig`` (default: everything the cluster has).
-        callbacks: extra ``xgboost.callback.TrainingCallback`` objects, run on every rank.
+        callbacks: extra ``xgboost.callback.TrainingCallback`` objects, run on every rank;
+            ``evals_log`` holds the global metrics (the same on every rank). Checked on the
+            driver: a list of them, that pickle.
         failure_config: a ``FailureConfig`` (restarts and checkpoint frequency).
 
     Example:

@@ -141,12 +141,19 @@ def ray_cluster(ray_head):
 
 @pytest.fixture(scope="session")
 def snowpark_session():
-    """A Snowpark session in local_testing mode (no live account is reachable here)."""
+    """A Snowpark session in local_testing mode (no live account is reachable here).
+
+    Closed with ``close_session``: it also unregisters the exit hook Snowpark registers for
+    every session. ``Session.close()`` alone leaves the hook, which closes the session again
+    at interpreter exit and logs into pytest's streams, closed by then ("Logging error ...
+    I/O operation on closed file")."""
     from snowflake.snowpark import Session
+
+    from shardtrain.integrations import close_session
 
     session = Session.builder.config("local_testing", True).create()
     yield session
-    session.close()
+    close_session(session)
 
 
 def _free_port() -> int:

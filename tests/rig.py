@@ -230,6 +230,7 @@ class Rig:
         self._supervisors: dict[str, threading.Event] = {}
         self._timers: list[threading.Thread] = []
         self._spawned: list[subprocess.Popen] = []
+        self._restore_sigterm = False
         self.events: list[tuple[float, str]] = []  # (time.time(), what happened)
         self.closed = False
 
@@ -279,6 +280,8 @@ class Rig:
     def build_network(self) -> None:
         """The bridge and a namespace per host, each with its veth and address."""
         self._record()  # first: an interrupted build is still found and removed
+        atexit.register(self.close)  # an interrupted run still removes what it made
+        self._catch_sigterm()
         self.dir.mkdir(parents=True, exist_ok=True)
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("link", "set", self.bridge, "up")
@@ -295,7 +298,6 @@ class Rig:
     def start(self) -> Rig:
         """Network, S3 server, Ray head, both worker nodes; returns when all answer."""
         clean_leftovers()
-        atexit.register(self.close)  # an interrupted run still removes what it made
         self.build_network()
         self.token_path.write_text(secrets.token_hex(32))
         self.token_path.chmod(0o600)
@@ -321,6 +323,21 @@ class Rig:
         self.wait_for_nodes(len(WORKERS) + 1)
         self.event("cluster up")
         return self
+
+    def _catch_sigterm(self) -> None:
+        """A SIGTERM (a CI runner stopping the job) ends Python without ``atexit``: while the
+        rig runs, it raises ``KeyboardInterrupt`` instead, so fixtures tear down and ``close``
+        runs. Only where nobody else handles SIGTERM, and only from the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return
+
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt("SIGTERM: the rig is being removed")
+
+        signal.signal(signal.SIGTERM, interrupt)
+        self._restore_sigterm = True
 
     def env(self, host: str) -> dict[str, str]:
         """The environment of the rig's processes on ``host``: chosen, not inherited."""
@@ -599,6 +616,8 @@ class Rig:
         if self.closed:
             return
         self.closed = True
+        if self._restore_sigterm and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
         for stop in self._supervisors.values():
             stop.set()
         self._supervisors.clear()

@@ -194,3 +194,40 @@ def test_the_rig_leaves_nothing_behind():
     assert not (STATE_ROOT / rig.run_id).exists()
     with pytest.raises(RigError):
         _ip("link", "show", rig.bridge)
+
+
+_BUILD_AND_WAIT = """
+import sys, time
+from tests.rig import Rig
+with Rig() as rig:
+    rig.build_network()
+    print(rig.run_id, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_sigterm_still_removes_the_rig():
+    """A process holding a rig that is stopped with SIGTERM (a CI runner cancelling the job)
+    removes its namespaces and links before it exits."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.rig import REPO, _ip, _links, why_not
+
+    reason = why_not()
+    if reason:
+        pytest.skip(f"no multi-host rig here: {reason}")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _BUILD_AND_WAIT], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        run_id = proc.stdout.readline().strip()
+        assert run_id and f"strig-{run_id}-head" in _ip("netns", "list").stdout
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert f"strig-{run_id}-" not in _ip("netns", "list").stdout
+    assert not [x for x in _links() if x.startswith(f"strig{run_id}")]

@@ -30,14 +30,14 @@ def snowflake_local(monkeypatch):
 
 
 def test_connection_form_is_declared_for_airflow_3_3(tmp_path):
-    """The ray connection's form comes from provider info (conn-fields / ui-field-behaviour),
+    """The provider is discovered and the ray connection's form comes from provider info (conn-fields / ui-field-behaviour),
     read by the providers manager without the deprecated hook methods."""
     script = (
         "import json; from airflow.providers_manager import ProvidersManager as P; p = P(); "
         "w = p.connection_form_widgets; b = p.field_behaviours; "
         "print(json.dumps({'hook': p.hooks['ray'].hook_class_name, "
         "'widgets': sorted(k for k in w if k.startswith('extra__ray__')), "
-        "'behaviour': b.get('ray')}))"
+        "'behaviour': b.get('ray'), 'provider': 'airflow-provider-shardtrain' in p.providers}))"
     )
     env = {"AIRFLOW_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
     result = subprocess.run(
@@ -49,6 +49,7 @@ def test_connection_form_is_declared_for_airflow_3_3(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads(result.stdout.strip().splitlines()[-1])
+    assert info["provider"]  # discovered through its entry point
     assert info["hook"] == "shardtrain_airflow.hooks.ray.RayHook"
     assert info["widgets"] == [
         "extra__ray__job_server",

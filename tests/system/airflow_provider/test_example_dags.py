@@ -1,15 +1,17 @@
-"""Every example DAG end to end with dag.test() on real Airflow and a real local Ray."""
+"""Every example DAG end to end with dag.test() on real Airflow and a real local Ray, and one
+DAG of extra tasks: a retry after publishing, a Snowflake password, the curve and dashboard links."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
+import struct
+from pathlib import Path
 
 import pytest
 
 from shardtrain import ModelArtifact, load_model
+from shardtrain.model.curves import CURVES_FILE
+from shardtrain.runtime.progress import Progress
 from shardtrain_airflow.links import model_url
 
 pytestmark = [pytest.mark.airflow, pytest.mark.subprocess]  # real Airflow (dag.test in a subprocess) and real Ray
@@ -68,22 +70,10 @@ def test_per_round_metrics_reach_the_task_log(airflow_env):
     assert "[shardtrain]" in log
 
 
-def test_provider_is_discovered(airflow_env):
-    script = (
-        "from airflow.providers_manager import ProvidersManager as P; p = P(); "
-        "print('airflow-provider-shardtrain' in p.providers, 'ray' in p.hooks)"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env=airflow_env.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.stdout.strip().splitlines()[-1] == "True True", result.stderr[-2000:]
-
-
-RETRY_DAG = """
+# One DAG run for three behaviours (a DAG subprocess costs ~15 s before it trains): a try that
+# fails after publishing and its retry, a Snowflake connection's password, and the training
+# curve / dashboard links with progress in the log. Its three tasks do not depend on each other.
+EXTRAS_DAG = """
 import os
 from datetime import timedelta
 
@@ -102,84 +92,113 @@ class FlakyAfterPublishing(XGBoostTrainOperator):
         return artifact
 
 
-with DAG("shardtrain_retry", schedule=None, start_date=pendulum.datetime(2026, 1, 1),
+with DAG("shardtrain_extras", schedule=None, start_date=pendulum.datetime(2026, 1, 1),
          catchup=False) as dag:
     FlakyAfterPublishing(
-        task_id="train", path=os.environ["RETRY_DATA"], input_cols=["F0", "F1", "F2"],
+        task_id="retry", path=os.environ["EXTRAS_TRAIN"], input_cols=["F0", "F1", "F2"],
         label_col="LABEL", n_estimators=5, scaling_config={"num_workers": 2,
                                                            "num_cpu_per_worker": 1},
         retries=1, retry_delay=timedelta(seconds=0))
+    XGBoostTrainOperator(
+        task_id="secret", path=os.environ["EXTRAS_TRAIN"], input_cols=["F0", "F1"],
+        label_col="LABEL", n_estimators=3, snowflake_conn_id="snowflake_local",
+        artifact_stage_location="@ML.PUBLIC.MODELS",
+        scaling_config={"num_workers": 2, "num_cpu_per_worker": 1})
+    XGBoostTrainOperator(
+        task_id="curves", path=os.environ["EXTRAS_TRAIN"], eval_path=os.environ["EXTRAS_EVAL"],
+        input_cols=["F0", "F1", "F2", "F3"], label_col="LABEL", n_estimators=300,
+        training_params={"eta": 0.9, "max_depth": 8, "early_stopping_rounds": 4},
+        scaling_config={"num_workers": 1, "num_cpu_per_worker": 1})
 
 if __name__ == "__main__":
     dag.test()
 """
 
+PASSWORD = "pw-that-must-not-leak-7781"
 
-def test_failed_try_then_retry_publishes_to_the_same_location(airflow_env):
+
+@pytest.fixture(scope="module")
+def extras(airflow_env) -> str:
+    """The extras DAG, run once with dag.test(); its output (every task's log)."""
     from example_data import prepare  # the examples' data helper (dags/ is on sys.path)
 
     data = prepare(5000)
-    (airflow_env.dags / "retry_dag.py").write_text(RETRY_DAG)
-    output = airflow_env.run_dag("retry_dag.py", {"RETRY_DATA": data["train"]})
-    uris = [line.split()[-1] for line in output.splitlines() if line.startswith("TRY ")]
+    # The Snowflake connection carries a password; the session is Snowpark's local
+    # emulation (no live account is reachable here), selected by the connection's extra.
+    connection = json.dumps(
+        {
+            "conn_type": "snowflake",
+            "login": "trainer",
+            "password": PASSWORD,
+            "extra": {"account": "acme", "local_testing": True},
+        }
+    )
+    (airflow_env.dags / "extras_dag.py").write_text(EXTRAS_DAG)
+    return airflow_env.run_dag(
+        "extras_dag.py",
+        {
+            "EXTRAS_TRAIN": data["train"],
+            "EXTRAS_EVAL": data["holdout"],
+            "AIRFLOW_CONN_SNOWFLAKE_LOCAL": connection,
+        },
+    )
+
+
+def test_failed_try_then_retry_publishes_to_the_same_location(airflow_env, extras):
+    uris = [line.split()[-1] for line in extras.splitlines() if line.startswith("TRY ")]
     assert len(uris) == 2 and uris[0] == uris[1], uris
-    artifact = ModelArtifact.from_dict(airflow_env.xcom("shardtrain_retry", "train"))
+    artifact = ModelArtifact.from_dict(airflow_env.xcom("shardtrain_extras", "retry"))
     assert artifact.uri == uris[0]
     run_folders = [
         p
         for p in (airflow_env.shardtrain_home / "stage" / "model").iterdir()
-        if p.name.startswith("shardtrain_retry__")
+        if p.name.startswith("shardtrain_extras__") and "__retry-" in p.name  # then a hash
     ]
     assert len(run_folders) == 1
     assert load_model(artifact).num_boosted_rounds() == 5
 
 
-SECRET_DAG = """
-import os
-
-import pendulum
-from airflow.sdk import DAG
-
-from shardtrain_airflow.operators import XGBoostTrainOperator
-
-with DAG("shardtrain_secret", schedule=None, start_date=pendulum.datetime(2026, 1, 1),
-         catchup=False) as dag:
-    XGBoostTrainOperator(
-        task_id="train", path=os.environ["RETRY_DATA"], input_cols=["F0", "F1"],
-        label_col="LABEL", n_estimators=3, snowflake_conn_id="snowflake_local",
-        artifact_stage_location="@ML.PUBLIC.MODELS",
-        scaling_config={"num_workers": 2, "num_cpu_per_worker": 1})
-
-if __name__ == "__main__":
-    dag.test()
-"""
-
-
-def test_snowflake_password_never_reaches_xcom_or_logs(airflow_env):
-    """The Snowflake connection carries a password; the session is Snowpark's local
-    emulation (no live account is reachable here), selected by the connection's extra."""
-    from example_data import prepare
-
-    password = "pw-that-must-not-leak-7781"
-    connection = json.dumps(
-        {
-            "conn_type": "snowflake",
-            "login": "trainer",
-            "password": password,
-            "extra": {"account": "acme", "local_testing": True},
-        }
-    )
-    (airflow_env.dags / "secret_dag.py").write_text(textwrap.dedent(SECRET_DAG))
-    output = airflow_env.run_dag(
-        "secret_dag.py",
-        {"RETRY_DATA": prepare(5000)["train"], "AIRFLOW_CONN_SNOWFLAKE_LOCAL": connection},
-    )
-    artifact = airflow_env.xcom("shardtrain_secret", "train")
-    assert artifact["uri"].startswith("@ML.PUBLIC.MODELS/model/shardtrain_secret__")
+def test_snowflake_password_never_reaches_xcom_or_logs(airflow_env, extras):
+    artifact = airflow_env.xcom("shardtrain_extras", "secret")
+    assert artifact["uri"].startswith("@ML.PUBLIC.MODELS/model/shardtrain_extras__")
     everything = (
-        output + json.dumps(airflow_env.query("select value from xcom")) + airflow_env.logs()
+        extras + json.dumps(airflow_env.query("select value from xcom")) + airflow_env.logs()
     )
-    assert password not in everything
+    assert PASSWORD not in everything
+
+
+def test_the_training_curve_and_dashboard_links_and_the_log(airflow_env, extras):
+    """A training task's "Training curve" and "Ray dashboard" extra links, and its log naming
+    the image and reporting progress: read back from what real Airflow recorded."""
+    artifact = ModelArtifact.from_dict(airflow_env.xcom("shardtrain_extras", "curves"))
+
+    # the image: beside the model, listed in the manifest, opened by the extra link
+    assert artifact.curves == f"{artifact.uri}/{_attempt(artifact)}/{CURVES_FILE}"
+    png = Path(artifact.curves).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">I", png[16:20]) == (960,)
+    link = airflow_env.xcom("shardtrain_extras", "curves", "_link_TrainingCurveLink")
+    assert link == Path(artifact.curves).as_uri()
+    assert f"training curves: {artifact.curves}" in extras  # the task log names it
+
+    # the dashboard of the local head the task trained on
+    head = json.loads((airflow_env.shardtrain_home / "cluster" / "cluster.json").read_text())
+    dashboard = airflow_env.xcom("shardtrain_extras", "curves", "_link_RayDashboardLink")
+    assert dashboard == head["dashboard_url"] and dashboard.startswith("http://")
+    assert f"Ray dashboard: {dashboard}" in extras
+    assert airflow_env.xcom("shardtrain_extras", "curves", "_link_RayJobLink") == ""  # in process
+
+    # progress in the task log: forward only, ending where early stopping ended the fit (the
+    # other tasks' fits have 5 and 3 rounds: the 300-round lines are this task's)
+    lines = [Progress.parse(line) for line in extras.splitlines() if "progress: round" in line]
+    lines = [p for p in lines if p.total == 300]
+    assert lines and lines[-1].done
+    assert lines[-1].step < 300  # stopped early
+    assert [p.step for p in lines[:-1]] == sorted({p.step for p in lines[:-1]})
+
+
+def _attempt(artifact: ModelArtifact) -> str:
+    manifest = json.loads((Path(artifact.uri) / "_MANIFEST.json").read_text())
+    return manifest["attempt"]
 
 
 def test_on_kill_tears_down_the_ray_workers(ray_cluster):

@@ -10,6 +10,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from shardtrain import ModelArtifact
 from shardtrain.integrations.lineage import (
     SnowflakeContext,
@@ -86,50 +88,67 @@ def test_a_training_operator_reports_snowflake_inputs_with_their_columns(monkeyp
     assert SECRET not in Serde.to_json(lineage.inputs[0]) + Serde.to_json(model)
 
 
+# One DAG run, two pairs of tasks (a DAG subprocess costs ~15 s before it trains): train and
+# register in process, train_job and register_job deferred to a Ray Job; the same lineage.
 DAG_FILE = """
 import os
 import pendulum
 from airflow.sdk import DAG
 from shardtrain_airflow.operators import RegisterModelOperator, XGBoostTrainOperator
 
-jobs = {}
-if os.environ.get("DEFERRABLE") == "1":
-    jobs = dict(ray_conn_id="ray_lineage", deferrable=True, run_as_job=True, poll_interval=0.5)
-with DAG(os.environ["DAG_ID"], schedule=None, start_date=pendulum.datetime(2026, 1, 1),
+jobs = dict(ray_conn_id="ray_lineage", deferrable=True, run_as_job=True, poll_interval=0.5)
+with DAG("lineage", schedule=None, start_date=pendulum.datetime(2026, 1, 1),
          catchup=False) as dag:
-    train = XGBoostTrainOperator(
-        task_id="train", path=os.environ["LINEAGE_TRAIN"], eval_path=os.environ["LINEAGE_EVAL"],
-        input_cols=["A", "B", "C"], label_col="Y", n_estimators=3,
-        training_params={"max_depth": 3}, scaling_config={"num_workers": 1, "num_cpu_per_worker": 1},
-        artifact_stage_location=os.environ["LINEAGE_STAGE"], snowflake_conn_id="sf_lineage", **jobs)
-    RegisterModelOperator(task_id="register", model=train.output, name="lineage_model",
-                          registry=os.environ["LINEAGE_REGISTRY"])
+    for suffix, how in (("", {}), ("_job", jobs)):
+        train = XGBoostTrainOperator(
+            task_id="train" + suffix, path=os.environ["LINEAGE_TRAIN"],
+            eval_path=os.environ["LINEAGE_EVAL"], input_cols=["A", "B", "C"], label_col="Y",
+            n_estimators=3, training_params={"max_depth": 3},
+            scaling_config={"num_workers": 1, "num_cpu_per_worker": 1},
+            artifact_stage_location=os.environ["LINEAGE_STAGE"], snowflake_conn_id="sf_lineage",
+            **how)
+        RegisterModelOperator(task_id="register" + suffix, model=train.output,
+                              name="lineage_model", registry=os.environ["LINEAGE_REGISTRY"])
 
 if __name__ == "__main__":
     dag.test()
 """
 
 
-def run_lineage_dag(airflow_env, tmp_path, dag_id: str, **extra_env) -> list[dict]:
-    """Run the DAG with the OpenLineage provider writing its events to a file; the events."""
+@pytest.fixture(scope="module")
+def lineage_run(airflow_env, ray_head, mlflow_template, tmp_path_factory):
+    """Run the DAG with the OpenLineage provider writing its events to a file, on the
+    session's head; (the run's folder, the events, the job server's token)."""
+    from shardtrain.runtime import worker_group
+    from tests.helpers import seed_mlflow_registry
+
+    worker_group.shutdown_workers()  # the job's workers need the CPUs
+    root = tmp_path_factory.mktemp("lineage")
+    seed_mlflow_registry(mlflow_template, root / "mlflow.db")
+    token = ray_head.token_path.read_text().strip()
+    connection = {
+        "conn_type": "ray",
+        "password": token,
+        "extra": {"job_server": ray_head.dashboard_url, "python": sys.executable},
+    }
     (airflow_env.dags / "lineage_dag.py").write_text(DAG_FILE)
-    events = tmp_path / "openlineage.ndjson"
+    events = root / "openlineage.ndjson"
     env = {
         **airflow_env.env,
-        "DAG_ID": dag_id,
-        "LINEAGE_TRAIN": str(tmp_path / "data" / "train"),
-        "LINEAGE_EVAL": str(tmp_path / "data" / "eval"),
-        "LINEAGE_STAGE": str(tmp_path / "stage"),
-        "LINEAGE_REGISTRY": f"sqlite:///{tmp_path / 'mlflow.db'}",  # seeded: mlflow_registry
+        "SHARDTRAIN_HOME": os.environ["SHARDTRAIN_HOME"],  # joins the session's head
+        "AIRFLOW_CONN_RAY_LINEAGE": json.dumps(connection),
+        "LINEAGE_TRAIN": str(root / "data" / "train"),
+        "LINEAGE_EVAL": str(root / "data" / "eval"),
+        "LINEAGE_STAGE": str(root / "stage"),
+        "LINEAGE_REGISTRY": f"sqlite:///{root / 'mlflow.db'}",
         "AIRFLOW_CONN_SF_LINEAGE": json.dumps(SNOWFLAKE_CONN),
         "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
             {"type": "file", "log_file_path": str(events), "append": True}
         ),
         "AIRFLOW__OPENLINEAGE__NAMESPACE": "shardtrain_tests",
-        **extra_env,
     }
-    write_regression(tmp_path / "data" / "train" / "part-0.parquet", 400)
-    write_regression(tmp_path / "data" / "eval" / "part-0.parquet", 100, seed=1)
+    write_regression(root / "data" / "train" / "part-0.parquet", 400)
+    write_regression(root / "data" / "eval" / "part-0.parquet", 100, seed=1)
     result = subprocess.run(
         [sys.executable, str(airflow_env.dags / "lineage_dag.py")],
         env=env,
@@ -140,12 +159,13 @@ def run_lineage_dag(airflow_env, tmp_path, dag_id: str, **extra_env) -> list[dic
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     states = dict(
-        airflow_env.query("select task_id, state from task_instance where dag_id=?", dag_id)
+        airflow_env.query("select task_id, state from task_instance where dag_id=?", "lineage")
     )
-    assert states == {"train": "success", "register": "success"}, output[-4000:]
+    tasks = ("train", "register", "train_job", "register_job")
+    assert states == dict.fromkeys(tasks, "success"), output[-4000:]
     text = events.read_text()
     assert SECRET not in text
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return root, [json.loads(line) for line in text.splitlines() if line.strip()], token
 
 
 def completed(events: list[dict], job: str) -> dict:
@@ -154,11 +174,11 @@ def completed(events: list[dict], job: str) -> dict:
     return event
 
 
-def check_dag_lineage(airflow_env, tmp_path, dag_id: str, events: list[dict]) -> None:
-    artifact = ModelArtifact.from_dict(airflow_env.xcom(dag_id, "train"))
-    registered = airflow_env.xcom(dag_id, "register")
+def check_dag_lineage(airflow_env, tmp_path, events: list[dict], suffix: str) -> None:
+    artifact = ModelArtifact.from_dict(airflow_env.xcom("lineage", "train" + suffix))
+    registered = airflow_env.xcom("lineage", "register" + suffix)
 
-    train = completed(events, f"{dag_id}.train")
+    train = completed(events, f"lineage.train{suffix}")
     inputs = {(d["namespace"], d["name"]): d["facets"] for d in train["inputs"]}
     assert set(inputs) == {
         ("file", str(tmp_path / "data" / "train")),
@@ -175,7 +195,7 @@ def check_dag_lineage(airflow_env, tmp_path, dag_id: str, events: list[dict]) ->
     assert facet["params"]["max_depth"] == 3 and facet["numRows"] == {"train": 400, "eval": 100}
     assert facet["_schemaURL"].startswith("https://") and facet["_producer"]
 
-    register = completed(events, f"{dag_id}.register")
+    register = completed(events, f"lineage.register{suffix}")
     assert [(d["namespace"], d["name"]) for d in register["inputs"]] == [("file", artifact.uri)]
     (entry,) = register["outputs"]
     assert entry["namespace"] == f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -185,37 +205,12 @@ def check_dag_lineage(airflow_env, tmp_path, dag_id: str, events: list[dict]) ->
     assert facet["requestId"] == artifact.request_id and facet["registry"] == "mlflow"
 
 
-def test_a_dag_run_reports_data_to_model_to_registry(
-    airflow_env, ray_head, mlflow_registry, tmp_path
-):
-    events = run_lineage_dag(
-        airflow_env,
-        tmp_path,
-        "lineage_in_process",
-        SHARDTRAIN_HOME=os.environ["SHARDTRAIN_HOME"],  # joins the session's head
-    )
-    check_dag_lineage(airflow_env, tmp_path, "lineage_in_process", events)
+def test_a_dag_run_reports_data_to_model_to_registry(airflow_env, lineage_run):
+    root, events, _ = lineage_run
+    check_dag_lineage(airflow_env, root, events, "")
 
 
-def test_a_deferred_ray_job_reports_the_same_lineage(
-    airflow_env, ray_head, mlflow_registry, tmp_path
-):
-    from shardtrain.runtime import worker_group
-
-    worker_group.shutdown_workers()  # the job's workers need the CPUs
-    token = ray_head.token_path.read_text().strip()
-    connection = {
-        "conn_type": "ray",
-        "password": token,
-        "extra": {"job_server": ray_head.dashboard_url, "python": sys.executable},
-    }
-    events = run_lineage_dag(
-        airflow_env,
-        tmp_path,
-        "lineage_deferred",
-        DEFERRABLE="1",
-        SHARDTRAIN_HOME=os.environ["SHARDTRAIN_HOME"],  # the session's head
-        AIRFLOW_CONN_RAY_LINEAGE=json.dumps(connection),
-    )
-    check_dag_lineage(airflow_env, tmp_path, "lineage_deferred", events)
+def test_a_deferred_ray_job_reports_the_same_lineage(airflow_env, lineage_run):
+    root, events, token = lineage_run
+    check_dag_lineage(airflow_env, root, events, "_job")
     assert token not in json.dumps(events)

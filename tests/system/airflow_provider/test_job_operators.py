@@ -1,9 +1,8 @@
 """The training operators as Ray Jobs, on real Airflow (dag.test(), which runs triggers inline)
 and a real local Ray head with its job server (the session's long-lived cluster).
 
-Deferred and waiting-in-the-worker runs return the same artifact XCom as in-process runs; a
-killed task process and its rerun leave exactly one job; stopping a task stops its job and
-nothing is published; a failing job's error carries its log; the job server's token, held in
+Deferred and waiting-in-the-worker runs return the same artifact XCom as in-process runs;
+stopping a task stops its job and nothing is published; a failing job's error carries its log; the job server's token, held in
 the ray connection, appears in no job metadata, entrypoint, log or XCom.
 """
 
@@ -12,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -162,48 +160,9 @@ def test_deferred_operators_return_the_in_process_artifact_shape(
     assert not [r for r in airflow_env.query("select value from xcom") if token in str(r[0])]
 
 
-def test_a_killed_task_process_reruns_onto_the_same_job(airflow_env, ray_head, jobs_env, tmp_path):
-    env, _ = jobs_env
-    args = dict(
-        DAG_ID="jobs_killed",
-        JOB_STAGE=str(tmp_path / "stage"),
-        LOGICAL_DATE="2026-02-01T00:00:00+00:00",  # the rerun is the same task instance
-        ROUNDS="400",
-    )
-    first = subprocess.Popen(
-        [sys.executable, str(airflow_env.dags / "jobs_dag.py")],
-        cwd=REPO,
-        env={**airflow_env.env, **env, **args},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            mine = [
-                j
-                for j in ray_head.job_client().list_jobs()
-                if "jobs_killed" in (j.metadata or {}).get("shardtrain_request_id", "")
-            ]
-            if mine and str(mine[0].status) == "RUNNING":
-                break
-            assert time.monotonic() < deadline, "the task never submitted its job"
-            assert first.poll() is None, "the task process ended before its job ran"
-            time.sleep(0.5)
-        os.kill(first.pid, signal.SIGKILL)  # the Airflow worker process dies mid-job
-    finally:
-        first.wait(timeout=60)
-    (job,) = mine
-    assert str(ray_head.job_client().get_job_status(job.submission_id)) == "RUNNING"
-
-    rerun = run_dag(airflow_env, env, **args)
-    output = rerun.stdout + rerun.stderr
-    assert rerun.returncode == 0, output[-4000:]
-    assert f"reattached to Ray job {job.submission_id}" in output, output[-4000:]
-    artifact = ModelArtifact.from_dict(airflow_env.xcom("jobs_killed", "train"))
-    assert artifact.request_id == job.metadata["shardtrain_request_id"]
-    assert [j.submission_id for j in jobs_of(ray_head, artifact.request_id)] == [job.submission_id]
-    assert load_model(artifact).num_boosted_rounds() == 400
+# A task process killed while it waits for its job, and its retry reattaching to that one job:
+# tests/system/airflow_provider/test_airflow_services.py, under a real scheduler (the kill of a
+# LocalExecutor task process, the retry the scheduler starts), not dag.test() run twice.
 
 
 def test_a_failing_job_fails_the_task_with_its_log(airflow_env, jobs_env, tmp_path):

@@ -59,7 +59,7 @@ class RegisterModelOperator(BaseOperator):
         )
 
         many = is_run_manifest(self.model)  # a many-model run: every partition's model
-        entry = dict(
+        entry: dict[str, Any] = dict(
             name=self.name,
             registry=self.registry,
             version=self.version,

@@ -27,6 +27,7 @@ the work, so nothing here builds an estimator.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -268,9 +269,7 @@ class TrainOperator(BaseOperator):
                 handle.wait(
                     poll_s=self.poll_interval,
                     on_log=self._job_log,
-                    on_offset=lambda offset, sid=handle.submission_id: save_log_offset(
-                        context, sid, offset
-                    ),
+                    on_offset=functools.partial(save_log_offset, context, handle.submission_id),
                 )
             except JobStoppedError:
                 if restart == MAX_RESTARTS_AFTER_STOP or not self._stopped_by_a_kill(handle):

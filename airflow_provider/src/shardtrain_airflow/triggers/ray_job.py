@@ -78,6 +78,7 @@ def job_conventions():
             "airflow-provider-shardtrain in the triggerer's environment."
         )
     spec = importlib.util.spec_from_file_location(_CONVENTIONS, path)
+    assert spec is not None and spec.loader is not None  # a .py file has a source loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     sys.modules[_CONVENTIONS] = module

@@ -132,7 +132,7 @@ class JobHandle:
         timeout_s: float | None = None,
         poll_s: float = 1.0,
         on_log: Callable[[str], None] | None = None,
-        on_offset: Callable[[int], None] | None = None,
+        on_offset: Callable[[int], object] | None = None,
     ) -> str:
         """Block until the job ends; forward new log lines (from ``log_offset`` on, cleaned)
         to ``on_log`` as they come, then tell ``on_offset`` the new offset (to keep it where a

@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -45,12 +45,17 @@ from shardtrain.runtime.dashboard import dashboard_url
 
 #: Data as tasks take it: a Parquet path, {"table"|"query"|"path": ...}, or a DataConnector.
 TrainingData = str | dict[str, str] | DataConnector
-try:  # the `snowflake` extra (prefect-snowflake)
+if TYPE_CHECKING:
     from prefect_snowflake import SnowflakeConnector, SnowflakeCredentials
 
-    SnowflakeBlock = SnowflakeConnector | SnowflakeCredentials
-except ImportError:
-    SnowflakeBlock = Any
+    SnowflakeBlock: TypeAlias = SnowflakeConnector | SnowflakeCredentials
+else:
+    try:  # the `snowflake` extra (prefect-snowflake)
+        from prefect_snowflake import SnowflakeConnector, SnowflakeCredentials
+
+        SnowflakeBlock = SnowflakeConnector | SnowflakeCredentials
+    except ImportError:
+        SnowflakeBlock = Any
 
 
 def request_id() -> str:
@@ -275,7 +280,7 @@ def boosting_spec(
         artifact_stage_location=stage.uri,
         train_data=specs.get("train"),
         eval_data=specs.get("eval"),
-        input_cols=input_cols,
+        input_cols=tuple(input_cols),
         label_col=label_col,
         n_estimators=n_estimators,
         objective=objective,
@@ -321,9 +326,11 @@ def train_xgboost(
         "xgboost", data, input_cols, label_col, eval_data, params, n_estimators, objective,
         scaling_config, failure_config, stage, verbose_eval, request_id(),
     )  # fmt: skip
-    return _run(
+    artifact = _run(
         spec, ray_cluster=ray_cluster, stage=stage, snowflake=snowflake, held=held, as_job=as_job
     )
+    assert artifact is not None  # a boosting run always publishes its model
+    return artifact
 
 
 @task(name="train_lightgbm", retries=0, persist_result=True, result_storage_key=RESULT_KEY)
@@ -350,9 +357,11 @@ def train_lightgbm(
         "lightgbm", data, input_cols, label_col, eval_data, params, n_estimators, objective,
         scaling_config, failure_config, stage, verbose_eval, request_id(),
     )  # fmt: skip
-    return _run(
+    artifact = _run(
         spec, ray_cluster=ray_cluster, stage=stage, snowflake=snowflake, held=held, as_job=as_job
     )
+    assert artifact is not None  # a boosting run always publishes its model
+    return artifact
 
 
 def pytorch_spec(

@@ -118,7 +118,7 @@ def matrix_batches(
     connector: DataConnector,
     input_cols: list[str],
     label_col: str | None,
-    batch_rows: int = TRAIN_BATCH_ROWS,
+    batch_rows: int | None = TRAIN_BATCH_ROWS,
     label_rule: LabelRule | None = None,
     objective: str = "",
     arrow: bool = False,
@@ -137,7 +137,7 @@ def matrix_batches(
             features = np.empty((batch.num_rows, len(input_cols)), dtype=np.float32)
             for j, column in enumerate(input_cols):
                 features[:, j] = to_numpy(batch.column(column))
-        label = None
+        label: np.ndarray | None = None
         if label_col is not None:
             array = batch.column(label_col)
             if array.null_count:
@@ -162,13 +162,15 @@ def shard_table(
 ) -> tuple[pa.Table, np.ndarray]:
     """A whole shard as one Arrow table of its feature columns (the batches as read, chunked,
     not copied into a matrix) and a float32 label."""
-    features, labels = [], []
+    features: list[pa.Table] = []
+    labels: list[np.ndarray] = []
     batches = matrix_batches(
         connector, input_cols, label_col, label_rule=label_rule, objective=objective, arrow=True
     )
     for x, y in batches:
         features.append(x)
-        labels.append(y)
+        if y is not None:  # always, with a label column
+            labels.append(y)
     if not features:
         empty = [pa.array([], pa.float32()) for _ in input_cols]
         return pa.Table.from_arrays(empty, names=list(input_cols)), np.empty((0,), np.float32)

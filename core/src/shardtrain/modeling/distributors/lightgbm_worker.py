@@ -24,7 +24,9 @@ import math
 import numbers
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -42,7 +44,10 @@ from shardtrain.modeling.distributors.worker_imports import import_framework
 from shardtrain.runtime import collective
 from shardtrain.runtime.events import RoundMetrics
 
-lightgbm = import_framework("lightgbm")
+if TYPE_CHECKING:
+    import lightgbm
+else:
+    lightgbm = import_framework("lightgbm")
 
 #: Metrics that are means over rows: the global value is the row-weighted mean.
 _MEAN_METRICS = {
@@ -105,7 +110,7 @@ class ShardSequence(lightgbm.Sequence):
         self._dtype = feature_dtype(connector, input_cols)
         self.batch_size = batch_rows or stream_batch_rows(len(input_cols), self._dtype.itemsize)
         self._rows = connector.num_rows
-        self._stream = None
+        self._stream: Iterator[np.ndarray] | None = None
         self._start = 0  # first row of the batch in hand
         self._matrix = np.empty((0, len(self._input_cols)), self._dtype)
         self.passes = 0
@@ -118,7 +123,8 @@ class ShardSequence(lightgbm.Sequence):
         for features, _ in numeric.matrix_batches(
             self._connector, self._input_cols, None, self.batch_size, arrow=True
         ):
-            yield [column.to_numpy() for column in features.columns]
+            table = cast(pa.Table, features)  # arrow=True: the features as a table
+            yield [column.to_numpy() for column in table.columns]
 
     def batches(self):
         """The features, batch by batch, as a row-major matrix, in a pass of their own."""
@@ -138,22 +144,24 @@ class ShardSequence(lightgbm.Sequence):
             self.passes += 1
         while row >= self._start + len(self._matrix):
             self._start += len(self._matrix)
-            self._matrix = next(self._stream, None)
-            if self._matrix is None:
+            matrix = next(self._stream, None)
+            if matrix is None:
                 raise SchemaError(
                     f"the shard yielded {self._start} rows where its source reported "
                     f"{self._rows}; was the data changed while training read it?",
                     column=None,
                 )
+            self._matrix = matrix
 
     def __getitem__(self, idx):
         if isinstance(idx, numbers.Integral):
-            if not 0 <= idx < self._rows:
+            row = int(idx)
+            if not 0 <= row < self._rows:
                 raise IndexError(idx)
-            self._seek(int(idx))
+            self._seek(row)
             # LightGBM samples bin boundaries from float64 rows (a fresh copy: the batch in
             # hand is not kept alive by the sample)
-            return self._matrix[idx - self._start].astype(np.float64)
+            return self._matrix[row - self._start].astype(np.float64)
         if isinstance(idx, slice):
             start, stop, step = idx.indices(self._rows)
             if step != 1:
@@ -198,7 +206,7 @@ class StreamedDataset(lightgbm.Dataset):
         start = 0
         for columns in seqs[0].column_batches():
             rows = len(columns[0]) if columns else 0
-            lo, hi = np.searchsorted(indices, [start, start + rows])
+            lo, hi = (int(i) for i in np.searchsorted(indices, [start, start + rows]))
             taken = indices[lo:hi] - start
             for j, column in enumerate(columns):
                 parts[j].append(column[taken])
@@ -207,7 +215,7 @@ class StreamedDataset(lightgbm.Dataset):
                 break
         # as LightGBM's own sampling: per column, the non-zero values (float64) and their
         # rows in the sample; each column's pieces are dropped as soon as it is done
-        positions = np.arange(len(indices), dtype=np.int32)
+        positions: np.ndarray = np.arange(len(indices), dtype=np.int32)
         values, where = [], []
         for j in range(num_columns):
             column = np.concatenate(parts[j]).astype(np.float64) if parts[j] else np.empty(0)
@@ -237,6 +245,7 @@ def shard_labels(connector, job: BoostingJob) -> np.ndarray:
         for _, y in numeric.matrix_batches(
             connector, [], job.label_col, label_rule=job.label_rule, objective=objective, arrow=True
         )
+        if y is not None  # always, with a label column
     ]
     return np.concatenate(labels) if labels else np.empty((0,), np.float32)
 
@@ -353,7 +362,7 @@ def _callback(
     The user's after-iteration callbacks run here, in their ``order``, once the metrics are
     global: each sees ``env.evaluation_result_list`` with the global values (LightGBM's own
     are this rank's rows only), so every rank decides alike, as XGBoost's callbacks do."""
-    state = {"best": None, "best_iter": 0, "best_list": None}
+    state: dict[str, Any] = {"best": None, "best_iter": 0, "best_list": None}
     user_callbacks = sorted(user_callbacks, key=lambda cb: getattr(cb, "order", 0))
 
     def callback(env):
@@ -393,7 +402,7 @@ def _callback(
                         state["best_iter"], state["best_list"]
                     )
 
-    callback.order = 30
+    callback.order = 30  # type: ignore[attr-defined]  # LightGBM sorts callbacks by it
     return callback
 
 

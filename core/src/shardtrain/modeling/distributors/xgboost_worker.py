@@ -36,7 +36,9 @@ import tempfile
 import time
 import traceback
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -52,7 +54,10 @@ from shardtrain.runtime.memory import (
     sketch_group_features,
 )
 
-xgboost = import_framework("xgboost")
+if TYPE_CHECKING:
+    import xgboost
+else:
+    xgboost = import_framework("xgboost")
 
 
 def shard_cache_bytes() -> int:
@@ -94,14 +99,18 @@ class ArrowIter(xgboost.DataIter):
         self._label_col = label_col
         self._cache_bytes = shard_cache_bytes() if cache_bytes is None else cache_bytes
         self._batch_rows = batch_rows
-        self._batches = None
+        self._batches: Iterator[Any] | None = None
         self._cache: list | None = []
         self._cached_bytes = 0
         self._complete = False
         # record_range: each column's smallest and largest value (NaN and nulls ignored), for
         # sketch_reference
-        self.low = np.full(len(input_cols), np.inf, np.float32) if record_range else None
-        self.high = np.full(len(input_cols), -np.inf, np.float32) if record_range else None
+        self.low: np.ndarray | None = (
+            np.full(len(input_cols), np.inf, np.float32) if record_range else None
+        )
+        self.high: np.ndarray | None = (
+            np.full(len(input_cols), -np.inf, np.float32) if record_range else None
+        )
 
     def reset(self) -> None:
         self._batches = None
@@ -112,7 +121,7 @@ class ArrowIter(xgboost.DataIter):
         if self._batches is None:
             self._batches = (
                 iter(self._cache)
-                if self._complete
+                if self._complete and self._cache is not None
                 else numeric.matrix_batches(
                     self._connector,
                     self._input_cols,
@@ -141,11 +150,12 @@ class ArrowIter(xgboost.DataIter):
         if item is None:
             return False
         features, label = item
-        if self.low is not None and features.num_rows:
+        low, high = self.low, self.high
+        if low is not None and high is not None and features.num_rows:
             for j, column in enumerate(features.columns):
                 values = column.to_numpy()  # one chunk a batch: no copy (nulls become NaN)
-                self.low[j] = np.fmin(self.low[j], np.fmin.reduce(values))
-                self.high[j] = np.fmax(self.high[j], np.fmax.reduce(values))
+                low[j] = np.fmin(low[j], np.fmin.reduce(values))
+                high[j] = np.fmax(high[j], np.fmax.reduce(values))
         input_data(data=features, label=label, feature_names=self._input_cols)
         if self._release:
             # Arrow's pool and glibc's heap keep what was freed (the last batch, XGBoost's
@@ -199,6 +209,7 @@ def sketch_reference(connector, input_cols, max_bin: int, nthread, folder: Path,
         del part  # its sketch is gone already; this removes its pages
         release_freed_memory()
         cuts.extend(np.split(values, indptr[1:-1].astype(np.int64)))
+        assert data.low is not None and data.high is not None  # record_range=True
         lows.append(data.low)
         highs.append(data.high)
     low = _global(np.concatenate(lows), xgboost.collective.Op.MIN)
@@ -216,7 +227,7 @@ def reference_matrix(cuts, low, high, max_bin: int, nthread, input_cols):
     from ``a[s-1]``, with a lower bound made from ``a[0]`` (src/common/quantile.cc,
     ``MakeCuts``); a column of exactly those ``s`` distinct values (at most ``max_bin + 1``)
     is sketched without loss, so it gives back the same cuts."""
-    columns = []
+    columns: list[np.ndarray] = []
     for feature, lo, hi in zip(cuts, low, high, strict=True):
         if not lo <= hi:  # no value in any rank: no cuts but the bound of an empty column
             columns.append(np.empty(0, np.float32))
@@ -225,7 +236,9 @@ def reference_matrix(cuts, low, high, max_bin: int, nthread, input_cols):
         if column[-1] != hi:  # the largest value is a cut only when s <= max_bin
             column = np.append(column, np.float32(hi))
         columns.append(column)
-    data = np.full((max(1, max(len(c) for c in columns)), len(columns)), np.nan, np.float32)
+    data: np.ndarray = np.full(
+        (max(1, max(len(c) for c in columns)), len(columns)), np.nan, np.float32
+    )
     for j, column in enumerate(columns):
         data[: len(column), j] = column
     ref = xgboost.QuantileDMatrix(data, max_bin=max_bin, nthread=nthread, feature_names=input_cols)

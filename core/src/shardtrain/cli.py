@@ -134,22 +134,22 @@ def cluster_command(args: argparse.Namespace) -> int:
         print(f"local Ray head {verb}: {record.gcs_address}, dashboard {record.dashboard_url}")
         return EXIT_OK
     if args.action == "stop":
-        record = local_cluster.stop()
-        if record is None:
+        stopped = local_cluster.stop()
+        if stopped is None:
             print("no local Ray head was recorded; nothing to stop")
         else:
-            print(f"stopped the local Ray head at {record.gcs_address}")
+            print(f"stopped the local Ray head at {stopped.gcs_address}")
         return EXIT_OK
-    record = local_cluster.current()
-    if record is None:
+    current = local_cluster.current()
+    if current is None:
         if args.json:
             print(json.dumps({"running": False}))
         else:
             print("no local Ray head is running (`shardtrain cluster start` starts one)")
         return EXIT_NOT_RUNNING
-    info = cluster_monitor.describe(record)
+    info = cluster_monitor.describe(current)
     if "error" not in info:
-        info["worker_pools"] = _pools(record)
+        info["worker_pools"] = _pools(current)
     if args.json:
         print(json.dumps({"running": True, **info}))
     else:

@@ -30,7 +30,7 @@ def generate(path, rows: int, seed: int = 0) -> None:
     for part in range(files):
         n = rows // files + (1 if part < rows % files else 0)
         features = rng.standard_normal((n, NUM_FEATURES), dtype=np.float32)
-        label = features @ np.arange(1, NUM_FEATURES + 1, dtype=np.float32)
+        label: np.ndarray = features @ np.arange(1, NUM_FEATURES + 1, dtype=np.float32)
         label += rng.normal(0, 0.1, n).astype(np.float32)
         columns = {f"F{i}": features[:, i] for i in range(NUM_FEATURES)}
         columns["LABEL"] = label

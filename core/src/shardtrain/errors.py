@@ -47,6 +47,12 @@ class ShardtrainError(Exception):
     Keyword arguments become attributes (``error.column``) and survive pickling.
     """
 
+    message: str
+    details: dict[str, Any]
+    # Declared for type checkers only (no class default): set where a worker raised the error,
+    # the worker group tagging it with the rank it came from.
+    rank: int | None
+
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
         self.message = message
@@ -118,6 +124,9 @@ class MemoryBudgetError(ScalingConfigError):
 
 class WorkerError(ShardtrainError, RuntimeError):
     """A worker failed. Attributes: ``rank`` and ``worker_traceback`` (the original one)."""
+
+    worker_traceback: str
+    round: int  # the round (step) it failed at, once the run has said so
 
 
 class WorkerDiedError(WorkerError):

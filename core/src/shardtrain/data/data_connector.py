@@ -143,7 +143,9 @@ class DataConnector:
             rng = np.random.default_rng(seed)
             pieces = self._source.unit_slices()
             order = rng.permutation(len(pieces))
-            stream = (b for i in order for b in pieces[i].iter_batches(columns))
+            stream: Iterator[pa.RecordBatch] = (
+                b for i in order for b in pieces[i].iter_batches(columns)
+            )
             stream = shuffle_buffered(stream, max(shuffle_buffer_rows, batch_size or 1), rng)
         else:
             stream = self._source.iter_batches(columns, batch_rows=batch_size)

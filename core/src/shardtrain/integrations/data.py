@@ -28,12 +28,12 @@ def connector_from_spec(
     if data is None:
         return None
     if data.kind == "path":
-        return DataConnector.from_parquet(data.path, storage_options=storage_options)
+        return DataConnector.from_parquet(data.value, storage_options=storage_options)
     if session is None:
         raise ConfigError(
             f"the {name} data is a Snowflake {data.kind}, which needs a Snowpark session: pass "
             "one, or name a Snowflake connection (snowflake_connection) to open it from."
         )
     if data.kind == "table":
-        return DataConnector.from_dataframe(session.table(data.table))
-    return DataConnector.from_sql(data.query, session=session)
+        return DataConnector.from_dataframe(session.table(data.value))
+    return DataConnector.from_sql(data.value, session=session)

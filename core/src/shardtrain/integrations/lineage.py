@@ -214,8 +214,8 @@ def data_datasets(
     (found by ``tables_of``, default ``query_tables``)."""
     snowflake = snowflake or SnowflakeContext()
     if data.kind == "path":
-        return (path_dataset(data.path),)
-    tables = [data.table] if data.kind == "table" else (tables_of or query_tables)(data.query)
+        return (path_dataset(data.value),)
+    tables = [data.value] if data.kind == "table" else (tables_of or query_tables)(data.value)
     return tuple(LineageDataset(snowflake.namespace, snowflake.qualify(t)) for t in tables)
 
 

@@ -42,9 +42,11 @@ def _connectors(
             out[name] = given[name]
         else:
             label = name if spec.framework == "pytorch" else {"train": "training"}.get(name, name)
-            out[name] = connector_from_spec(
+            connector = connector_from_spec(
                 spec.data[name], session=session, storage_options=storage_options, name=label
             )
+            assert connector is not None  # spec.data holds DataSpecs only: each reads as one
+            out[name] = connector
     return out
 
 

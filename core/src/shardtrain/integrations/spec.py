@@ -191,12 +191,12 @@ class TrainingSpec:
             datasets[str(name)] = parsed
         set_(self, "dataset_map", datasets)
         for name in ("params", "hyper_params", "scaling_config", "failure_config"):
-            value = getattr(self, name)
-            if value is None:
-                value = {}
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{name} must be a dict, got {type(value).__name__}.")
-            set_(self, name, _plain(dict(value), name))
+            given = getattr(self, name)
+            if given is None:
+                given = {}
+            if not isinstance(given, Mapping):
+                raise ConfigError(f"{name} must be a dict, got {type(given).__name__}.")
+            set_(self, name, _plain(dict(given), name))
         self.validate()
 
     def validate(self) -> None:

@@ -75,7 +75,7 @@ def check_manifest(manifest: dict[str, Any], where: str) -> None:
     files = manifest.get("files")
     if not isinstance(files, list) or not files:
         raise bad(f"'files' must list the model's files, got {files!r}")
-    paths = set()
+    paths: set[str] = set()
     for entry in files:
         if not isinstance(entry, dict):
             raise bad(f"a file entry is not an object: {entry!r}")
@@ -84,7 +84,7 @@ def check_manifest(manifest: dict[str, Any], where: str) -> None:
             safe = isinstance(path, str) and normalize_path(path) == path
         except StageError:
             safe = False
-        if not safe:
+        if not safe or not isinstance(path, str):
             raise bad(f"file path {path!r} is not a plain relative path inside the model folder")
         if (
             type(size) is not int

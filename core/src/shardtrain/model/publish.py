@@ -163,7 +163,7 @@ def publish_model(
         stage, base, {"format": MANIFEST_FORMAT, "attempt": attempt, **artifact.to_dict()}
     )
     winner = named_attempt(stage, base)
-    replaced = {before} - {None, winner, attempt}
+    replaced = {before} - {winner, attempt} if before is not None else set()
     if winner != attempt:
         _delete(stage, base, replaced | {attempt})
         raise PublishConflictError(

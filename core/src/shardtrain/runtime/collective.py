@@ -34,6 +34,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -273,7 +274,7 @@ def _admit(
                 if key.fileobj is server:
                     _greet(server, selector, pending, handshake_timeout)
                     continue
-                conn = key.fileobj
+                conn = cast(socket.socket, key.fileobj)  # only sockets are registered
                 if conn not in pending:
                     continue
                 rank = _answer(conn, pending[conn], secret, world_size, admitted, handshake_timeout)

@@ -489,7 +489,8 @@ def _use_token(record: LocalCluster) -> None:
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(record.token_path)
     os.environ.pop("RAY_AUTH_TOKEN", None)
     try:  # Ray caches its config and token at first use; refresh both
-        from ray._raylet import AuthenticationTokenLoader, Config
+        # not in ray/_raylet.pyi, present at runtime (the except covers a Ray without them)
+        from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
 
         Config.initialize("")
         AuthenticationTokenLoader.instance().reset_cache()

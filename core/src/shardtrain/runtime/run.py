@@ -175,7 +175,7 @@ class RunPlan:
         return cls(stage, request_id, store)
 
     def publish(
-        self, framework: str, write: Callable[[Path], None], **metadata: Any
+        self, framework: str, write: Callable[[Path], object], **metadata: Any
     ) -> ModelArtifact | None:
         """Publish what ``write(folder)`` puts in an empty folder, then drop the checkpoints.
 

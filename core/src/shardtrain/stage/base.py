@@ -6,6 +6,7 @@ safety, directory uploads, error wording) lives here once.
 
 from __future__ import annotations
 
+import builtins
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -118,7 +119,7 @@ class Stage(ABC):
         """Remove the files under ``prefix``; False where the backend cannot delete."""
         return self._delete(normalize_path(prefix))
 
-    def upload_dir(self, local_dir: str | os.PathLike, prefix: str) -> list[str]:
+    def upload_dir(self, local_dir: str | os.PathLike, prefix: str) -> builtins.list[str]:
         """Copy every file under ``local_dir`` to ``prefix``; returns the stage paths."""
         prefix = normalize_path(prefix, allow_empty=True)
         root = Path(local_dir)
@@ -139,7 +140,7 @@ class Stage(ABC):
         """Copy one stage file to a local path."""
         self._download(normalize_path(path), Path(local))
 
-    def download_dir(self, prefix: str, local_dir: str | os.PathLike) -> list[Path]:
+    def download_dir(self, prefix: str, local_dir: str | os.PathLike) -> builtins.list[Path]:
         """Copy every file under ``prefix`` into ``local_dir``, keeping relative paths."""
         prefix = normalize_path(prefix, allow_empty=True)
         files = self.list(prefix)
@@ -165,7 +166,7 @@ class Stage(ABC):
     def _exists(self, path: str) -> bool: ...
 
     @abstractmethod
-    def _list(self, prefix: str) -> list[str]: ...
+    def _list(self, prefix: str) -> builtins.list[str]: ...
 
     @abstractmethod
     def _delete(self, prefix: str) -> bool: ...

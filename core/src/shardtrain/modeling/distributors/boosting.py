@@ -472,6 +472,7 @@ class BoostingEstimator:
                         for r, res in enumerate(results)
                     )
                 )
+        assert self.spec.load is not None  # the boosting frameworks move models as bytes
         self._booster = self._with_params(self.spec.load(model_bytes), plan)
         self._eval_results = history
         self._memory_plan = memory_plan
@@ -599,6 +600,7 @@ class BoostingEstimator:
         folder path or fsspec URL), writes ``part-<rank>.parquet`` files there and returns it.
         Every row is predicted, whatever the connector's ``equal`` setting.
         """
+        assert self.spec.dump is not None  # the boosting frameworks move models as bytes
         model = self.spec.dump(self.get_booster())
         input_cols = list(input_cols or self._input_cols or [])
         data = as_connector(dataset, "prediction")

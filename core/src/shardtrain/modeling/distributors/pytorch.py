@@ -215,6 +215,7 @@ class PyTorchDistributor:
                 return group.run(run_rank, kwargs, on_progress, have_step=start.step)
 
         packed = run.execute(attempt)[0].model
+        assert packed is not None  # rank 0 always returns its folder as a tar
         metrics = dict(metrics)
         artifact = run.plan.publish(
             PYTORCH.name,

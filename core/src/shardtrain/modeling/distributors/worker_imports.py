@@ -43,7 +43,7 @@ def import_framework(name: str) -> ModuleType:
     """``import name``; in a Ray worker that has not imported scikit-learn, without it."""
     if name in sys.modules or HIDDEN in sys.modules or not in_ray_worker():
         return importlib.import_module(name)
-    sys.modules[HIDDEN] = None  # type: ignore[assignment] - makes `import sklearn` fail
+    sys.modules[HIDDEN] = None  # type: ignore[assignment]  # None makes `import sklearn` fail
     try:
         return importlib.import_module(name)
     finally:

@@ -121,7 +121,7 @@ class XGBEstimator(BoostingEstimator):
         """The model bytes (UBJ) keep the trees but not the training parameters: a booster
         loaded from them says ``max_depth`` 6 whatever it was trained with. Set them as
         ``xgboost.train`` does (``Booster(params)``), so ``save_config()`` tells the truth."""
-        items = []
+        items: list[tuple[str, Any]] = []
         for key, value in self._user_params(plan).items():
             if key == "eval_metric" and isinstance(value, list | tuple):
                 items.extend((key, metric) for metric in value)  # as Booster() passes a list

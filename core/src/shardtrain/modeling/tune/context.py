@@ -163,6 +163,7 @@ def save_model(model: Any, folder: Path) -> None:
 
             torch.save(dumpable, target)
         else:
+            assert model_spec.dump is not None  # every framework but pytorch has one
             target.write_bytes(model_spec.dump(dumpable))
         info["model_file"] = model_spec.model_file
         info["input_cols"] = _feature_names(framework, dumpable)

@@ -69,7 +69,7 @@ def normalise_resources(resources: Any) -> dict[str, float] | None:
         )
     out: dict[str, float] = {}
     for key, value in resources.items():
-        name = {"cpu": "CPU", "gpu": "GPU", "memory": "memory"}.get(str(key).lower(), key)
+        name = {"cpu": "CPU", "gpu": "GPU", "memory": "memory"}.get(str(key).lower(), str(key))
         if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
             raise ConfigError(
                 f"TunerConfig.resource_per_trial[{key!r}] must be a number >= 0, got {value!r}.",
@@ -279,7 +279,8 @@ class Tuner:
                 self.train_func, datasets, config, space, searcher, samples, bundle, storage
             )
             frame, best_index, best = _table(grid, config)
-            best_model, info = (None, {})
+            best_model: Any = None
+            info: dict[str, Any] = {}
             if best.checkpoint is not None:
                 best_model, info = load_reported_model(Path(best.checkpoint.path))
             artifact = _publish(

@@ -105,7 +105,7 @@ class ExecutionOptions:
 
     @classmethod
     def of(cls, value: ExecutionOptions | dict[str, Any] | None) -> ExecutionOptions:
-        if isinstance(value, cls):
+        if isinstance(value, ExecutionOptions):
             return value
         try:
             return cls(**(value or {}))

@@ -106,7 +106,7 @@ def serde_named(serde: ModelSerde | str | None) -> ModelSerde | None:
     'lightgbm', 'torch', 'pickle')."""
     if serde is None or isinstance(serde, ModelSerde):
         return serde
-    builtin = {
+    builtin: dict[str, type[ModelSerde]] = {
         "xgboost": XGBoostSerde,
         "lightgbm": LightGBMSerde,
         "torch": TorchSerde,

@@ -101,7 +101,8 @@ def _value_counts(column: pa.ChunkedArray | pa.Array, name: str) -> list[tuple[A
 
 
 def _partitions(pairs: list[tuple[Any, int]], make: Callable[[Any, str, str, int], Partition]):
-    parts, folders = [], {}
+    parts: list[Partition] = []
+    folders: dict[str, str] = {}
     for value, count in pairs:
         pid = str(value)
         folder = _folder_name(pid)

@@ -239,4 +239,6 @@ def _has_model(stage: Stage, run_id: str, record: dict[str, Any]) -> bool:
     from shardtrain.model.manifest import MANIFEST
 
     folder = record.get("folder")
-    return bool(folder) and stage.exists(join("model", run_id, folder, MANIFEST))
+    if not folder:
+        return False
+    return stage.exists(join("model", run_id, folder, MANIFEST))

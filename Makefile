@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYPROJECTS := core/pyproject.toml airflow_provider/pyproject.toml prefect_collection/pyproject.toml
 
-.PHONY: venv demo test test-unit test-integration test-system lint bench constraints clean
+.PHONY: venv demo test test-unit test-integration test-system lint typecheck bench constraints clean
 
 venv: $(STAMP)
 
@@ -25,9 +25,10 @@ demo: $(STAMP)
 	test -f .demo/airflow/airflow.db || $(DEMO_AIRFLOW) $(VENV)/bin/airflow db migrate
 	$(DEMO_AIRFLOW) $(PY) dags/xgboost_training.py
 
-# Everything: lint and the three layers (the README's and CI's command).
+# Everything: lint, the type check and the three layers (the README's and CI's command).
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest
 
 # The quick loop: logic only, no Ray, no subprocess, no network (tests/unit).
@@ -44,6 +45,10 @@ test-system: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# mypy over the three packages, as configured in pyproject.toml ([tool.mypy]).
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) -m bench --quick

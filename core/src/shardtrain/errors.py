@@ -60,7 +60,7 @@ class ShardtrainError(Exception):
         for key, value in details.items():
             setattr(self, key, value)
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self.message, self.details))
 
     def __str__(self) -> str:

@@ -27,6 +27,9 @@ from shardtrain.errors import ConfigError
 
 if TYPE_CHECKING:
     import pandas as pd
+    import ray.data
+
+    from shardtrain.data.torch import ArrowTorchDataset
 
 
 class DataConnector:
@@ -174,7 +177,7 @@ class DataConnector:
         drop_last_batch: bool = True,
         columns: Sequence[str] | None = None,
         seed: int | None = None,
-    ):
+    ) -> ArrowTorchDataset:
         """A torch ``IterableDataset`` yielding one ``dict[str, Tensor]`` per batch.
 
         Each column is a 1-D tensor of the batch's length (``batch_size=None``: one row at a
@@ -191,7 +194,7 @@ class DataConnector:
             seed=seed,
         )
 
-    def to_ray_dataset(self, batch_size: int = 65536):
+    def to_ray_dataset(self, batch_size: int = 65536) -> ray.data.Dataset:
         """A Ray Dataset of the same rows, streamed through the object store in blocks."""
         import ray
 

@@ -124,7 +124,9 @@ def _download_verified(
 
 
 @contextmanager
-def fetched_model(artifact_or_uri, **kwargs: Any) -> Iterator[tuple[ModelArtifact, Path]]:
+def fetched_model(
+    artifact_or_uri: ModelArtifact | dict | str, **kwargs: Any
+) -> Iterator[tuple[ModelArtifact, Path]]:
     """A verified local copy of a model, in a temp folder removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="shardtrain-model-") as tmp:
         artifact = fetch_model(artifact_or_uri, tmp, **kwargs)

@@ -96,15 +96,22 @@ def _cpus_free(ray) -> float:
     return ray.available_resources().get("CPU", 0.0)
 
 
-def test_a_second_driver_process_gets_the_first_ones_warm_workers(tmp_path):
-    first = _result(_driver(tmp_path))
-    second = _result(_driver(tmp_path))
+def test_drivers_at_once_share_one_warm_group_that_gives_way_when_idle(ray_cluster, tmp_path):
+    """Three behaviours on one warm group (each driver costs a process start and its imports):
+    two drivers at once on a cluster that fits one run run one after the other, the second on
+    the first one's warm workers; ``shardtrain cluster status`` shows the idle group; an idle
+    group gives way to other Ray work before its idle time (120 s here)."""
+    import ray
+
+    drivers = [_driver(tmp_path / str(i), SHARDTRAIN_PLACEMENT_TIMEOUT_S="5") for i in range(2)]
+    first, second = [_result(d) for d in drivers]
+    # Each needs both CPUs: one queued behind the other (beyond the 5 s placement timeout),
+    # then got the group the other gave back.
     assert len(first["pids"]) == 2 and first["pid"] != second["pid"]
     assert second["pids"] == first["pids"], "the second driver started new worker processes"
     # no per-round metrics, no training curves: the driver never imports matplotlib (its
     # import on a thread cost a small fit ~0.3 s of CPU beside its ranks)
     assert not first["matplotlib"] and not second["matplotlib"]
-    print(f"fit: first driver {first['fit_s']:.2f} s, second (warm) {second['fit_s']:.2f} s")
     status = subprocess.run(
         [sys.executable, "-m", "shardtrain", "cluster", "status", "--json"],
         env=_env(),
@@ -125,6 +132,24 @@ def test_a_second_driver_process_gets_the_first_ones_warm_workers(tmp_path):
     ).stdout
     assert f"{group['id']}  2 x 1 CPU SPREAD: idle" in text, text
 
+    # The warm idle group holds both CPUs for 120 s; a plain Ray task that needs one CPU runs
+    # within seconds (the pool sees the pending demand), not after the idle time.
+    assert ray.available_resources().get("CPU", 0) < 1
+
+    @ray.remote(num_cpus=1)
+    def one_cpu() -> int:
+        return os.getpid()
+
+    started = time.monotonic()
+    ray.get(one_cpu.remote(), timeout=60)
+    assert time.monotonic() - started < 60
+    alive = [pid for pid in first["pids"] if psutil.pid_exists(pid)]
+    deadline = time.monotonic() + 30
+    while alive and time.monotonic() < deadline:  # the group's processes were killed
+        time.sleep(0.5)
+        alive = [pid for pid in alive if psutil.pid_exists(pid)]
+    assert not alive, f"the idle group's workers {alive} still run"
+
 
 def _busy_group_of(driver: subprocess.Popen) -> dict:
     """The one group ``driver`` leases, once its fit has started (it must not exit first)."""
@@ -136,12 +161,19 @@ def _busy_group_of(driver: subprocess.Popen) -> dict:
     return group
 
 
-def test_a_driver_killed_mid_fit_loses_its_group_after_the_lease_timeout(ray_cluster, tmp_path):
+def test_another_drivers_group_is_spared_by_shutdown_and_freed_when_it_is_killed(
+    ray_cluster, tmp_path
+):
+    """``shutdown_workers`` stops idle groups and this process's busy ones only; a driver
+    killed mid-fit loses its group once its lease runs out (3 s here, 20 s by default)."""
     lease_timeout = 3.0
     driver = _driver(tmp_path, rounds=100_000, SHARDTRAIN_WORKER_LEASE_TIMEOUT_S=str(lease_timeout))
     try:
         group = _busy_group_of(driver)
         assert group["state"] == "busy" and _cpus_free(ray_cluster) == 0
+        worker_group.shutdown_workers()  # idle groups and this process's busy ones only
+        assert [g["id"] for g in _groups_of(driver.pid)] == [group["id"]]
+        assert all(_alive(p) for p in group["pids"])
         time.sleep(1.5)  # mid-fit: the ranks are in xgboost's collective
         os.kill(driver.pid, signal.SIGKILL)
         killed_at = time.monotonic()
@@ -308,52 +340,3 @@ def test_a_failed_run_still_hands_on_what_rank_0_reported_before_it(tmp_path, mo
             )
     assert [e.round for events, _ in seen for e in events] == [1, 2, 3, 4, 5]
     assert [s.step for _, s in seen if s is not None] == [5]
-
-
-def test_two_drivers_at_once_on_a_cluster_that_fits_one_run_one_after_the_other(tmp_path):
-    drivers = [_driver(tmp_path / str(i), SHARDTRAIN_PLACEMENT_TIMEOUT_S="5") for i in range(2)]
-    results = [_result(d) for d in drivers]
-    # Each needs both CPUs: one queued behind the other (beyond the 5 s placement timeout),
-    # then got the group the other gave back.
-    assert results[0]["pids"] == results[1]["pids"] and len(results[0]["pids"]) == 2
-
-
-def test_shutdown_workers_spares_other_drivers_running_groups(ray_cluster, tmp_path):
-    driver = _driver(tmp_path, rounds=100_000)
-    try:
-        group = _busy_group_of(driver)
-        worker_group.shutdown_workers()  # idle groups and this process's busy ones only
-        assert [g["id"] for g in _groups_of(driver.pid)] == [group["id"]]
-        assert all(_alive(p) for p in group["pids"])
-    finally:
-        driver.kill()
-        driver.wait(timeout=30)
-    # the killed driver's lease was not renewed: the pool frees it (default timeout 20 s)
-    deadline = time.monotonic() + 40
-    while time.monotonic() < deadline and _cpus_free(ray_cluster) < 2:
-        time.sleep(0.5)
-    assert _cpus_free(ray_cluster) == 2
-
-
-def test_idle_groups_give_way_to_other_ray_work_before_their_idle_time(ray_cluster, tmp_path):
-    """A warm idle group holds both CPUs for 120 s; a plain Ray task that needs one CPU runs
-    within seconds (the pool sees the pending demand), not after the idle time."""
-    import ray
-
-    first = _result(_driver(tmp_path))
-    assert len(first["pids"]) == 2
-    assert ray.available_resources().get("CPU", 0) < 1  # the idle group holds the CPUs
-
-    @ray.remote(num_cpus=1)
-    def one_cpu() -> int:
-        return os.getpid()
-
-    started = time.monotonic()
-    ray.get(one_cpu.remote(), timeout=60)
-    assert time.monotonic() - started < 60
-    alive = [pid for pid in first["pids"] if psutil.pid_exists(pid)]
-    deadline = time.monotonic() + 30
-    while alive and time.monotonic() < deadline:  # the group's processes were killed
-        time.sleep(0.5)
-        alive = [pid for pid in alive if psutil.pid_exists(pid)]
-    assert not alive, f"the idle group's workers {alive} still run"

@@ -69,11 +69,15 @@ with DAG("shardtrain_services", schedule=None, start_date=pendulum.datetime(2026
          catchup=False) as dag:
     XGBoostTrainOperator(task_id="deferred", deferrable=True, verbose_eval=100,
                          n_estimators=int(os.environ["SVC_DEFERRED_ROUNDS"]), **common)
-    XGBoostTrainOperator(task_id="in_process", deferrable=False, run_as_job=False,
-                         n_estimators=10_000_000, verbose_eval=50, **common)
-    XGBoostTrainOperator(task_id="killed", deferrable=False, run_as_job=True, verbose_eval=100,
-                         n_estimators=int(os.environ["SVC_KILLED_ROUNDS"]),
-                         **common | dict(retries=1, retry_delay=datetime.timedelta(0)))
+    in_process = XGBoostTrainOperator(task_id="in_process", deferrable=False,
+                                      run_as_job=False, n_estimators=10_000_000,
+                                      verbose_eval=50, **common)
+    # After in_process (marked failed): never holding the CPU in_process waits for.
+    killed = XGBoostTrainOperator(task_id="killed", deferrable=False, run_as_job=True,
+                                  verbose_eval=100, trigger_rule="all_done",
+                                  n_estimators=int(os.environ["SVC_KILLED_ROUNDS"]),
+                                  **common | dict(retries=1, retry_delay=datetime.timedelta(0)))
+    in_process >> killed
 """
 
 LOG_LEVELS_DAG = """
@@ -112,6 +116,7 @@ class Services:
         self.token = ""
         self.run_id = ""
         self.run_ids: dict[str, str] = {}
+        self.before_restart: list[str] = []  # what the trigger forwarded before the restart
 
     def start(self, names=SERVICES) -> None:
         for name in names:
@@ -137,6 +142,7 @@ class Services:
                 proc.wait()
 
     def restart(self, name: str) -> None:
+        """Stop the service (SIGTERM: it exits gracefully) and start a new process of it."""
         self.stop((name,))
         self.start((name,))
 
@@ -203,6 +209,10 @@ def services(ray_head, tmp_path_factory, request):
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="True",
         AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{port}/execution/",
         AIRFLOW__API__PORT=str(port),
+        # The scheduler's and the triggerer's log servers: ports of their own (8793 and 8794
+        # by default, on all addresses: a session beside this one would make them fail).
+        AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(_free_port()),
+        AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(_free_port()),
         AIRFLOW__API__HOST="127.0.0.1",
         AIRFLOW__API__WORKERS="1",
         AIRFLOW__API_AUTH__JWT_SECRET="shardtrain-system-test-secret",
@@ -215,7 +225,7 @@ def services(ray_head, tmp_path_factory, request):
         SVC_COLS=",".join(FEATURES),
         SVC_STAGE=str(root / "stage"),
         SVC_DEFERRED_ROUNDS="3000",  # cleared while it runs; the next try resumes it
-        SVC_KILLED_ROUNDS="4000",  # its task process killed while it runs; reattached
+        SVC_KILLED_ROUNDS="1500",  # its task process killed while it runs; reattached
         # shardtrain_log_levels: the ray_head connection joins by the head's GCS address with
         # a plain ray.init (the token from its file); the model goes to a fresh registry.
         AIRFLOW_CONN_RAY_HEAD=json.dumps({"conn_type": "ray", "host": host, "port": gcs_port}),
@@ -321,26 +331,6 @@ def _forwarded_at_most_once(forwarded: list[str], job_log: str) -> None:
     assert not twice, twice
 
 
-def test_marking_an_in_process_task_failed_runs_on_kill(services):
-    services.wait_for(
-        "in_process to train", lambda: _training(services.task_log("in_process", 1)), timeout=120
-    )
-    services.api(
-        "PATCH",
-        f"/api/v2/dags/{DAG_ID}/dagRuns/{services.run_id}/taskInstances/in_process",
-        {"new_state": "failed"},
-    )
-    log = services.wait_for(
-        "on_kill in the task log",
-        lambda: (text := services.task_log("in_process", 1)) and "on_kill:" in text and text,
-        timeout=30,
-    )
-    assert "on_kill: stopping this process's Ray workers" in log
-    # Ray's native handler would have dumped the stack (Airflow logs stderr at ERROR).
-    assert "SIGTERM received" not in log and "PC: @" not in log, log[-3000:]
-    assert services.ti("in_process")["state"] == "failed"
-
-
 def test_clearing_a_deferred_task_starts_a_new_job(services, ray_head):
     """Cleared while its job runs: the trigger's on_kill stops the job (and records the
     stop), and the next try starts a new job, never reattaching to the stopped one."""
@@ -385,6 +375,42 @@ def test_clearing_a_deferred_task_starts_a_new_job(services, ray_head):
     assert stopped in first or stopped in services.service_log("triggerer")
 
 
+def test_marking_an_in_process_task_failed_runs_on_kill(services):
+    services.wait_for(
+        "in_process to train", lambda: _training(services.task_log("in_process", 1)), timeout=120
+    )
+    services.api(
+        "PATCH",
+        f"/api/v2/dags/{DAG_ID}/dagRuns/{services.run_id}/taskInstances/in_process",
+        {"new_state": "failed"},
+    )
+    log = services.wait_for(
+        "on_kill in the task log",
+        lambda: (text := services.task_log("in_process", 1)) and "on_kill:" in text and text,
+        timeout=30,
+    )
+    assert "on_kill: stopping this process's Ray workers" in log
+    # Ray's native handler would have dumped the stack (Airflow logs stderr at ERROR).
+    assert "SIGTERM received" not in log and "PC: @" not in log, log[-3000:]
+    assert services.ti("in_process")["state"] == "failed"
+
+
+def test_the_triggerer_restarts_while_the_cleared_try_waits(services):
+    """The cleared try's trigger has forwarded training lines of its job when the triggerer
+    stops (SIGTERM: its triggers are cancelled); a new triggerer creates the trigger again
+    from its kwargs (the log offset at deferral). What it forwarded: in
+    test_the_restarted_trigger_forwarded_no_line_twice_and_the_try_succeeds, which waits for
+    the try's end (the kill case acts meanwhile)."""
+
+    def forwarding():
+        ti = services.ti("deferred")
+        return ti["state"] == "deferred" and _training(services.task_log("deferred", 2))
+
+    services.wait_for("the new job's training log in the trigger's", forwarding, timeout=40)
+    services.before_restart = _forwarded(services.task_log("deferred", 2))
+    services.restart("triggerer")
+
+
 def test_killing_a_task_process_mid_job_retries_onto_the_same_job(services, ray_head):
     """SIGKILL (no on_kill): the job runs on and the retry reattaches to it (the rest of the
     case, once the retry has succeeded, in test_the_killed_tasks_model_arrives_once)."""
@@ -395,7 +421,7 @@ def test_killing_a_task_process_mid_job_retries_onto_the_same_job(services, ray_
             and _training(services.task_log("killed", 1))
             and ti
         ),
-        timeout=60,
+        timeout=90,
     )
     (sid,) = _jobs(ray_head, "killed")
     # The try's own process, running under the scheduler's LocalExecutor: never another.
@@ -412,18 +438,10 @@ def test_killing_a_task_process_mid_job_retries_onto_the_same_job(services, ray_
     assert list(_jobs(ray_head, "killed")) == [sid]  # no stop, no other job
 
 
-def test_a_restarted_triggerer_forwards_no_line_of_the_job_twice(services, ray_head):
-    """The cleared try's trigger, created again by a new triggerer from its kwargs (the log
-    offset at deferral), resumes from the offset the previous one recorded; the try succeeds
-    with the one new job."""
-
-    def forwarding():
-        ti = services.ti("deferred")
-        return ti["state"] == "deferred" and _training(services.task_log("deferred", 2))
-
-    services.wait_for("the new job's training log in the trigger's", forwarding, timeout=40)
-    before = _forwarded(services.task_log("deferred", 2))
-    services.restart("triggerer")
+def test_the_restarted_trigger_forwarded_no_line_twice_and_the_try_succeeds(services, ray_head):
+    """The trigger created again resumed from the offset the previous one recorded; the
+    cleared try succeeds with the one new job."""
+    before = services.before_restart
     ti = services.wait_for(
         "the cleared try to succeed",
         lambda: (ti := services.ti("deferred"))["state"] in ("success", "failed") and ti,

@@ -133,7 +133,9 @@ def test_deferred_operators_return_the_in_process_artifact_shape(
     assert artifact.framework == "xgboost" and artifact.uri.startswith(str(tmp_path / "stage"))
     assert load_model(artifact).num_boosted_rounds() == 20
     torch_artifact = ModelArtifact.from_dict(airflow_env.xcom("jobs_deferred", "train_torch"))
+    # the job imported its train function (jobs_train_funcs:tiny_torch) on the cluster
     assert torch_artifact.framework == "pytorch"
+    assert [f["path"] for f in torch_artifact.files] == ["model.pt"]
 
     # One job per task, found by the artifact's request id; the link points at it.
     for art, task in ((artifact, "train"), (torch_artifact, "train_torch")):

@@ -165,30 +165,19 @@ def test_a_cancelled_job_publishes_nothing(target, parquet, tmp_path):
         read_published(spec)
 
 
-def test_pytorch_job_imports_its_train_function_on_the_cluster(target, parquet, tmp_path):
-    spec = TrainingSpec.from_dict(
+def test_a_pytorch_job_whose_train_function_is_missing_fails_naming_it(target, parquet, tmp_path):
+    """The job imports its train function on the cluster (a PyTorch job that finds it and
+    trains: test_job_operators' deferred DAG, task train_torch)."""
+    missing = TrainingSpec.from_dict(
         dict(
             framework="pytorch",
-            request_id="job-torch-1",
+            request_id="job-torch-2",
             artifact_stage_location=str(tmp_path / "stage"),
-            train_func="jobs_train_funcs:tiny_torch",
+            train_func="jobs_train_funcs:no_such_function",
             dataset_map={"train": {"path": parquet}},
             hyper_params={"features": FEATURES},
             scaling_config={"num_nodes": 1, "num_workers_per_node": 1},
         )
-    )
-    handle = submit(spec, target)
-    assert handle.wait(timeout_s=240) == "SUCCEEDED"
-    artifact = handle.result()
-    assert artifact.framework == "pytorch" and artifact.request_id == "job-torch-1"
-    assert [f["path"] for f in artifact.files] == ["model.pt"]
-
-    missing = TrainingSpec.from_dict(
-        {
-            **spec.to_dict(),
-            "request_id": "job-torch-2",
-            "train_func": "jobs_train_funcs:no_such_function",
-        }
     )
     with pytest.raises(JobFailedError) as failure:
         submit(missing, target).wait(timeout_s=180)

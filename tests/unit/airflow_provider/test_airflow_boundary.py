@@ -898,7 +898,7 @@ def test_a_try_killed_itself_fails_with_its_stopped_job_and_starts_no_other(monk
 def test_an_in_process_fit_ended_by_its_own_on_kill_says_the_task_was_killed(monkeypatch):
     """Marked failed: on_kill stops the workers and the fit raises WorkerDiedError, whose
     message blames a killed or out-of-memory process; the task's error names the kill."""
-    from airflow.sdk.exceptions import AirflowTaskTerminated
+    from airflow.sdk.exceptions import AirflowException
 
     from shardtrain.errors import WorkerDiedError
     from shardtrain_airflow.operators import XGBoostTrainOperator
@@ -922,7 +922,7 @@ def test_an_in_process_fit_ended_by_its_own_on_kill_says_the_task_was_killed(mon
         raise WorkerDiedError("worker rank 0 died (killed, or out of memory)")
 
     monkeypatch.setattr(train_module, "run_training", killed_fit)
-    with pytest.raises(AirflowTaskTerminated, match="'train' was killed") as raised:
+    with pytest.raises(AirflowException, match="'train' was killed") as raised:
         op.execute({"ti": SimpleNamespace()})
     assert isinstance(raised.value.__cause__, WorkerDiedError)
 

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowTaskTerminated
+from airflow.sdk.exceptions import AirflowException
 
 from shardtrain.errors import ConfigError
 from shardtrain.integrations import TrainingSpec, request_id_from, run_training, shutdown_workers
@@ -232,8 +232,9 @@ class TrainOperator(BaseOperator):
                 if not self._killed:
                     raise
                 # Our own on_kill stopped the workers: say so, not "a worker died (killed,
-                # or out of memory)".
-                raise AirflowTaskTerminated(
+                # or out of memory)". An ordinary failure: a try killed by a shutdown, not by
+                # the user, is retried as before.
+                raise AirflowException(
                     f"task {self.task_id!r} was killed (marked failed, cleared or timed out): "
                     f"on_kill stopped its Ray workers, and the fit ended with "
                     f"{type(exc).__name__}"

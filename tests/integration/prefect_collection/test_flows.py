@@ -1,4 +1,5 @@
-"""Every example flow end to end under prefect_test_harness with a real local Ray."""
+"""Flows under prefect_test_harness with a real local Ray: a retry, block secrets, sessions,
+concurrent task runs (the example flows themselves run as served deployments: tests/system)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from prefect import flow, task
 from prefect_snowflake import SnowflakeCredentials
 
 from prefect_shardtrain import ModelStage, train_xgboost
-from shardtrain import ModelArtifact, load_model
+from shardtrain import load_model
 from shardtrain.runtime import worker_group
 
 pytestmark = pytest.mark.prefect  # the Prefect harness and a real local Ray
@@ -37,40 +38,8 @@ def logs_of(api, flow_run_id) -> str:
     return "\n".join(log.message for log in logs)
 
 
-@pytest.mark.parametrize(
-    "module,flow_name,framework",
-    [
-        ("xgboost_flow", "xgboost_training", "xgboost"),
-        ("lightgbm_flow", "lightgbm_training", "lightgbm"),
-        ("pytorch_flow", "pytorch_training", "pytorch"),
-    ],
-)
-def test_example_flow(module, flow_name, framework, api, mlflow_registry):
-    import importlib
-
-    flow_fn = getattr(importlib.import_module(module), flow_name)
-    registry = mlflow_registry
-    state = flow_fn(rows=5000, registry=registry, return_state=True)  # the data of the tests below
-    assert state.is_completed(), state
-    result = state.result()
-    artifact = result["artifact"]
-    assert isinstance(artifact, ModelArtifact) and artifact.framework == framework
-    assert load_model(artifact) is not None
-    registered = result["registered"]
-    assert registered.source_uri == artifact.uri and registered.request_id == artifact.request_id
-    assert registered.model_uri.startswith(f"models:/shardtrain_{framework}_flow/")
-    assert result["holdout_rmse"] > 0
-    from prefect_shardtrain.tasks import artifact_key
-
-    by_key = {a.key: a for a in api.read_artifacts()}
-    key = artifact_key(artifact.request_id)
-    assert by_key[f"model-{key}"].type == "markdown"
-    assert artifact.uri in by_key[f"model-{key}"].data
-    assert by_key[f"metrics-{key}"].type == "table"
-    log = logs_of(api, state.state_details.flow_run_id)
-    assert f"model published to {artifact.uri}" in log
-    if framework == "xgboost":
-        assert "train-rmse:" in log and "eval-rmse:" in log  # per-round metrics
+# Each example flow end to end (result, registration, Prefect artifacts, log): run as a served
+# deployment in tests/system/prefect_collection/test_deployments.py.
 
 
 def test_retry_republishes_to_the_same_location(api, tmp_path):

@@ -1,7 +1,8 @@
 """The example flows deployed as users deploy them: a real Prefect server in a subprocess (the
 session's harness server), ``serve()`` in another process, a deployment run of every flow,
 and the results read back by this process from Prefect's persisted results (the flow's dict
-and the training task's ``ModelArtifact``).
+and the training task's ``ModelArtifact``), with each run's Prefect artifacts, registration
+and log (the flows run here only: an in-process run of each checked the same).
 
 A flow module with ``from __future__ import annotations`` and block-typed parameters passed
 in-process runs but failed here (``PydanticUserError: ... is not fully defined``): only a
@@ -58,6 +59,21 @@ def _deployed(client) -> bool:
     return True
 
 
+def _log_of(client, flow_run_id, expected: str) -> str:
+    """The flow run's log as the API holds it, once it has ``expected`` (the run's process
+    sends its last lines as it exits)."""
+    from prefect.client.schemas.filters import LogFilter
+
+    deadline = time.monotonic() + 30
+    while True:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id={"any_": [flow_run_id]}))
+        log = "\n".join(entry.message for entry in logs)
+        if expected in log or time.monotonic() > deadline:
+            assert expected in log, log[-4000:]
+            return log
+        time.sleep(0.5)
+
+
 def _stop(proc: subprocess.Popen) -> str:
     proc.terminate()
     try:
@@ -99,6 +115,8 @@ def test_every_example_flow_runs_as_a_served_deployment(prefect_server):
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 
+    from prefect_shardtrain.tasks import artifact_key
+
     # No PYTHONPATH: each run loads its flow from the entrypoint file, as a deployment does.
     env = {k: v for k, v in prefect_server.items() if k != "PYTHONPATH"}
     serving = subprocess.Popen(
@@ -138,7 +156,20 @@ def test_every_example_flow_runs_as_a_served_deployment(prefect_server):
                 artifact = result["artifact"]
                 assert isinstance(artifact, ModelArtifact) and artifact.framework == framework
                 assert load_model(artifact) is not None
-                assert result["registered"].request_id == artifact.request_id
+                registered = result["registered"]
+                assert registered.request_id == artifact.request_id
+                assert registered.source_uri == artifact.uri
+                assert registered.model_uri.startswith(f"models:/shardtrain_{framework}_flow/")
+                assert result["holdout_rmse"] > 0
+                # the run's Prefect artifacts and its log, as this process reads them
+                key = artifact_key(artifact.request_id)
+                by_key = {a.key: a for a in client.read_artifacts()}
+                assert by_key[f"model-{key}"].type == "markdown"
+                assert artifact.uri in by_key[f"model-{key}"].data
+                assert by_key[f"metrics-{key}"].type == "table"
+                log = _log_of(client, runs[name].id, f"model published to {artifact.uri}")
+                if framework == "xgboost":
+                    assert "train-rmse:" in log and "eval-rmse:" in log  # per-round metrics
                 tasks = client.read_task_runs(
                     flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[runs[name].id]))
                 )

@@ -215,6 +215,10 @@ def services(ray_head, tmp_path_factory, request):
         AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(_free_port()),
         AIRFLOW__API__HOST="127.0.0.1",
         AIRFLOW__API__WORKERS="1",
+        # A task's supervisor waits this long for the execution API (one worker on sqlite)
+        # before it retries; a retried start finds its try already running and fails it (seen
+        # with four tasks starting at once on a loaded 2-core machine).
+        AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT="60",
         AIRFLOW__API_AUTH__JWT_SECRET="shardtrain-system-test-secret",
         AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5",
         AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="1",

@@ -611,16 +611,38 @@ def _failed_ti_ids(services) -> set[str]:
     return ids
 
 
+def _answer_to_a_killed_try(log: list[str], at: int, failed: set[str]) -> bool:
+    """Whether ``log[at]`` is a task supervisor's "Unhandled exception while handling task
+    request" that failed with a broken pipe (its task process had a request in flight when
+    the module SIGKILLed it: the answer had nobody to go to), the supervisor's next words
+    being that its workload, one of the failed tries, ended by SIGKILL. The line names no
+    ti_id, so the try is told by what follows."""
+    if "Unhandled exception while handling task request" not in log[at]:
+        return False
+    after = log[at + 1 : at + 12]
+    if not any(line.startswith("BrokenPipeError") for line in after):
+        return False
+    return any(
+        "Workload finished" in line
+        and "SIGKILL" in line
+        and any(f"workload_id={ti_id}" in line for ti_id in failed)
+        for line in log[at + 1 : at + 16]
+    )
+
+
 def _error_lines(services) -> dict[str, list[str]]:
     """ERROR lines of every service's log and of every task log of a try that did not fail
     by the module's doing, but those about the failed tries."""
     failed = _failed_ti_ids(services)
     found = {}
     for name in SERVICES:
+        log = services.service_log(name).splitlines()
         lines = [
             line
-            for line in services.service_log(name).splitlines()
-            if ERROR_LINE.search(line) and not any(ti_id in line for ti_id in failed)
+            for at, line in enumerate(log)
+            if ERROR_LINE.search(line)
+            and not any(ti_id in line for ti_id in failed)
+            and not _answer_to_a_killed_try(log, at, failed)
         ]
         if lines:
             found[name] = lines

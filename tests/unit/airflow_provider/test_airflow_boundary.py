@@ -259,6 +259,21 @@ def test_stop_logs_when_its_bound_expires(caplog):
     assert "still RUNNING" in caplog.text and "shardtrain-r-1" in caplog.text
 
 
+def _job_operator():
+    """An XGBoost training operator that runs its fit as a Ray Job and polls without delay."""
+    from shardtrain_airflow.operators import XGBoostTrainOperator
+
+    return XGBoostTrainOperator(
+        task_id="train",
+        path="/data/train.parquet",
+        input_cols=["A", "B"],
+        label_col="Y",
+        artifact_stage_location="/tmp/stage",
+        run_as_job=True,
+        poll_interval=0,
+    )
+
+
 def test_submit_never_reattaches_to_a_job_whose_stop_was_requested(monkeypatch):
     client = FakeJobClient()
     monkeypatch.setattr(JobTarget, "client", lambda self: client)
@@ -279,7 +294,6 @@ def test_a_try_that_finds_its_job_stopped_by_an_earlier_kill_starts_the_next_att
 ):
     """A cleared try that reattached before the earlier try's stop landed: its wait sees
     STOPPED with shardtrain's marker and starts the next job, instead of failing."""
-    from shardtrain_airflow.operators import XGBoostTrainOperator
     from shardtrain_airflow.operators import train as train_module
 
     client = FakeJobClient()
@@ -302,15 +316,7 @@ def test_a_try_that_finds_its_job_stopped_by_an_earlier_kill_starts_the_next_att
         return real_status(self, sid)
 
     monkeypatch.setattr(FakeJobClient, "get_job_status", status)
-    op = XGBoostTrainOperator(
-        task_id="train",
-        path="/data/train.parquet",
-        input_cols=["A", "B"],
-        label_col="Y",
-        artifact_stage_location="/tmp/stage",
-        run_as_job=True,
-        poll_interval=0,
-    )
+    op = _job_operator()
     pushed = {}
     ti = SimpleNamespace(xcom_push=lambda key, value: pushed.__setitem__(key, value))
     handle = op.execute({"ti": ti})
@@ -618,7 +624,6 @@ def test_a_retry_that_reattaches_starts_from_the_furthest_offset_forwarded(monke
     store) or a trigger recorded on this host (a triggerer that stopped before its event),
     whichever is further; the event's offset, once in the state store, ends the record."""
     from shardtrain.jobs import conventions
-    from shardtrain_airflow.operators import XGBoostTrainOperator
     from shardtrain_airflow.operators import train as train_module
 
     sid = "shardtrain-r-1"
@@ -633,15 +638,7 @@ def test_a_retry_that_reattaches_starts_from_the_furthest_offset_forwarded(monke
     class Store(dict):
         set = dict.__setitem__
 
-    op = XGBoostTrainOperator(
-        task_id="train",
-        path="/data/train.parquet",
-        input_cols=["A", "B"],
-        label_col="Y",
-        artifact_stage_location="/tmp/stage",
-        run_as_job=True,
-        poll_interval=0,
-    )
+    op = _job_operator()
     lines = []
     monkeypatch.setattr(op, "_job_log", lines.append)
     ti = SimpleNamespace(xcom_push=lambda key, value: None)
@@ -863,7 +860,6 @@ def test_the_triggers_on_kill_logs_a_job_server_that_does_not_answer(monkeypatch
 def test_a_try_killed_itself_fails_with_its_stopped_job_and_starts_no_other(monkeypatch):
     """Airflow's SIGTERM handler calls on_kill and returns into execute(), whose wait then sees
     the job STOPPED with shardtrain's marker: this try's own stop, not an earlier try's."""
-    from shardtrain_airflow.operators import XGBoostTrainOperator
     from shardtrain_airflow.operators import train as train_module
 
     client = FakeJobClient()
@@ -872,15 +868,7 @@ def test_a_try_killed_itself_fails_with_its_stopped_job_and_starts_no_other(monk
     monkeypatch.setattr(train_module, "request_id_for", lambda ti: "r")
     monkeypatch.setattr(train_module, "shutdown_workers", lambda: None)
     monkeypatch.setattr(handle_module.time, "sleep", lambda s: None)
-    op = XGBoostTrainOperator(
-        task_id="train",
-        path="/data/train.parquet",
-        input_cols=["A", "B"],
-        label_col="Y",
-        artifact_stage_location="/tmp/stage",
-        run_as_job=True,
-        poll_interval=0,
-    )
+    op = _job_operator()
     real_status = FakeJobClient.get_job_status
 
     def status(self, sid):  # the SIGTERM arrives while execute() waits

@@ -49,6 +49,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 PREFIX = "strig"
 SUBNET = "198.18.29"  # inside 198.18.0.0/15
 STATE_ROOT = Path("/tmp/shardtrain-rig")
@@ -116,16 +118,6 @@ class Host:
     link: str  # the root side of its veth, on the bridge
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _ns_pids(ns: str) -> list[int]:
     done = _ip("netns", "pids", ns, check=False)
     return [int(x) for x in done.stdout.split()] if done.returncode == 0 else []
@@ -179,7 +171,7 @@ def clean_leftovers() -> list[str]:
     for ns in _ip("netns", "list", check=False).stdout.split("\n"):
         name = ns.split(" ")[0]
         if name.startswith(f"{PREFIX}-probe-"):  # why_not's, left by a process now gone
-            if not _alive(int(name.rsplit("-", 1)[1])):
+            if not psutil.pid_exists(int(name.rsplit("-", 1)[1])):
                 _ip("netns", "del", name, check=False)
         elif name.startswith(f"{PREFIX}-"):
             run_ids.add(name.split("-")[1])
@@ -195,7 +187,7 @@ def clean_leftovers() -> list[str]:
             owner = json.loads(state.read_text())["owner"]
         except (OSError, ValueError, KeyError):
             owner = None
-        if owner is not None and owner != os.getpid() and _alive(owner):
+        if owner is not None and owner != os.getpid() and psutil.pid_exists(owner):
             continue  # another live rig's
         _remove_run(run_id)
         removed.append(run_id)

@@ -15,35 +15,6 @@ import logging
 
 from shardtrain_airflow.library_logs import library_logs
 
-DAG = """
-import os
-
-import pendulum
-from airflow.sdk import DAG
-
-from shardtrain_airflow.operators import RegisterModelOperator, XGBoostTrainOperator
-
-with DAG("shardtrain_log_levels", schedule=None, start_date=pendulum.datetime(2026, 1, 1),
-         catchup=False) as dag:
-    common = dict(path=os.environ["LOG_LEVELS_DATA"], input_cols=["A", "B", "C"], label_col="Y",
-                  n_estimators=3, verbose_eval=1,
-                  scaling_config={"num_workers": 2, "num_cpu_per_worker": 1})
-    # By address (plain ray.init: Ray's stderr handler) and the local head (no handler).
-    by_address = XGBoostTrainOperator(task_id="train_by_address", ray_conn_id="ray_head",
-                                      **common)
-    local = XGBoostTrainOperator(task_id="train_local", **common)
-    register = RegisterModelOperator(task_id="register", model=by_address.output,
-                                     name="log_levels")
-    by_address >> local >> register
-
-if __name__ == "__main__":
-    dag.test(use_executor=True)
-"""
-
-#: Lines Ray and MLflow write at info (or print as events), each checked per task.
-RAY_INFO = "Connecting to existing Ray cluster at address"
-MLFLOW_INFO = "Created version '"
-
 
 def test_routing_survives_rays_own_reset_and_is_undone():
     """Records reach the root logger's handlers (the task log) at their level, also after

@@ -238,27 +238,15 @@ def airflow_env(tmp_path_factory, request):
     an empty one: MLflow's first-use creation is tests/integration/core/test_registry*.py's subject.
 
     ``airflow db migrate`` runs while the session's head and registry template are made."""
-    from tests.helpers import REPO, AirflowEnv, seed_mlflow_registry
+    from tests.helpers import REPO, AirflowEnv, airflow_db_migrating, seed_mlflow_registry
 
     root = tmp_path_factory.mktemp("airflow")
     dags = root / "dags"
     shutil.copytree(REPO / "dags", dags)
     env = AirflowEnv(root / "home", dags, root / "shardtrain")
-    migrate = subprocess.Popen(
-        [sys.executable, "-m", "airflow", "db", "migrate"],
-        env=env.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    with airflow_db_migrating(env.env):
         ray_head = request.getfixturevalue("ray_head")
         template = request.getfixturevalue("mlflow_template")
-        output, _ = migrate.communicate(timeout=300)
-    finally:
-        if migrate.poll() is None:
-            migrate.kill()
-            migrate.communicate()
-    assert migrate.returncode == 0, output[-4000:]
     env.shardtrain_home.mkdir()
     (env.shardtrain_home / "cluster").symlink_to(ray_head.cluster_dir, target_is_directory=True)
     seed_mlflow_registry(template, env.shardtrain_home / "mlflow" / "mlflow.db")

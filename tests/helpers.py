@@ -14,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,3 +181,24 @@ class AirflowEnv:
         return "\n".join(
             p.read_text(errors="replace") for p in (self.home / "logs").rglob("*") if p.is_file()
         )
+
+
+@contextmanager
+def airflow_db_migrating(env: dict[str, str]):
+    """``airflow db migrate`` (~20 s) in a subprocess while the block makes what else a fixture
+    needs (the session's head, the MLflow template); it must have succeeded when the block ends."""
+    migrate = subprocess.Popen(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        yield
+        output, _ = migrate.communicate(timeout=300)
+    finally:
+        if migrate.poll() is None:
+            migrate.kill()
+            migrate.communicate()
+    assert migrate.returncode == 0, output[-4000:]

@@ -47,7 +47,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import FEATURES, seed_mlflow_registry, write_regression
+from tests.helpers import FEATURES, airflow_db_migrating, seed_mlflow_registry, write_regression
 
 pytestmark = [pytest.mark.airflow, pytest.mark.subprocess, pytest.mark.jobs]
 
@@ -175,6 +175,15 @@ class Services:
         with sqlite3.connect(self.home / "airflow.db") as db:
             return db.execute(sql, args).fetchall()
 
+    def finished(self, task: str, what: str, timeout: float) -> dict:
+        """The task instance of ``task`` once it has succeeded or failed."""
+        return self.wait_for(
+            what,
+            lambda: (ti := self.ti(task))["state"] in ("success", "failed") and ti,
+            timeout=timeout,
+            poll=1,
+        )
+
     def wait_for(self, what: str, check, timeout: float, poll: float = 0.5):
         deadline = time.monotonic() + timeout
         while True:
@@ -239,21 +248,8 @@ def services(ray_head, tmp_path_factory, request):
     )
     env.pop("RAY_ADDRESS", None)
     started = time.monotonic()
-    migrate = subprocess.Popen(
-        [sys.executable, "-m", "airflow", "db", "migrate"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:  # the empty MLflow registry is made (once a session) while Airflow migrates
+    with airflow_db_migrating(env):  # the empty MLflow registry is made (once a session) meanwhile
         template = request.getfixturevalue("mlflow_template")
-        output, _ = migrate.communicate(timeout=300)
-    finally:
-        if migrate.poll() is None:
-            migrate.kill()
-            migrate.communicate()
-    assert migrate.returncode == 0, output[-4000:]
     env["SVC_REGISTRY"] = seed_mlflow_registry(template, root / "mlflow" / "mlflow.db")
     svc = Services(home, env, port)
     svc.start()
@@ -446,12 +442,7 @@ def test_the_restarted_trigger_forwarded_no_line_twice_and_the_try_succeeds(serv
     """The trigger created again resumed from the offset the previous one recorded; the
     cleared try succeeds with the one new job."""
     before = services.before_restart
-    ti = services.wait_for(
-        "the cleared try to succeed",
-        lambda: (ti := services.ti("deferred"))["state"] in ("success", "failed") and ti,
-        timeout=55,
-        poll=1,
-    )
+    ti = services.finished("deferred", "the cleared try to succeed", timeout=55)
     first, second = services.task_log("deferred", 1), services.task_log("deferred", 2)
     assert ti["state"] == "success", second[-4000:]
     assert ti["try_number"] == 2
@@ -473,12 +464,7 @@ def test_the_killed_tasks_model_arrives_once(services, ray_head):
     """The retry of the killed task (test_killing_a_task_process_mid_job_retries_onto_the_same_job)
     succeeds on the one job: its model published once, the job's log forwarded once across
     the two tries (the retry goes on from the offset in the task's state store)."""
-    ti = services.wait_for(
-        "the retry to succeed",
-        lambda: (ti := services.ti("killed"))["state"] in ("success", "failed") and ti,
-        timeout=50,
-        poll=1,
-    )
+    ti = services.finished("killed", "the retry to succeed", timeout=50)
     first, second = services.task_log("killed", 1), services.task_log("killed", 2)
     assert ti["state"] == "success" and ti["try_number"] == 2, second[-4000:]
     ((sid, status),) = _jobs(ray_head, "killed").items()

@@ -921,3 +921,19 @@ def test_an_in_process_fit_ended_by_its_own_on_kill_says_the_task_was_killed(mon
     monkeypatch.setattr(train_module, "run_training", failing_fit)
     with pytest.raises(WorkerDiedError):
         op.execute({"ti": SimpleNamespace()})
+
+
+def test_two_triggers_of_one_job_never_forward_a_range_twice():
+    """During a triggerers' hand-over two triggers of one job may run at once: each records
+    the range it forwards before forwarding it, and one that finds the other ahead starts
+    where the other ended (or forwards nothing when the other is past its new lines)."""
+    from shardtrain.jobs import conventions
+
+    sid = "shardtrain-claim-1"
+    assert conventions.claim_log_offset(sid, 7, 0, 10) == 0  # the old trigger: 0-10
+    assert conventions.claim_log_offset(sid, 7, 0, 25) == 10  # the new one: from 10
+    assert conventions.claim_log_offset(sid, 7, 10, 20) == 25  # the old one again: behind
+    assert conventions.read_log_offset(sid, 7) == 25
+    assert conventions.claim_log_offset(sid, 8, 0, 5) == 0  # another job, same id
+    conventions.forget_log_offset(sid)
+    assert not list(conventions.log_offsets_dir(None).glob("shardtrain-claim-1*"))

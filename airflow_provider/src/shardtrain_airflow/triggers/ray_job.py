@@ -326,14 +326,19 @@ class RayJobTrigger(BaseTrigger):
             while True:
                 status = str(info["status"])
                 final = status in conventions.TERMINAL
-                lines, offset = conventions.new_log_lines(
-                    await server.logs(), self.log_offset, final=final
-                )
+                logs = await server.logs()
+                lines, offset = conventions.new_log_lines(logs, self.log_offset, final=final)
+                if offset != self.log_offset:
+                    begin = await self._claim_log_range(conventions, started, offset)
+                    if begin > self.log_offset:  # another trigger of this job forwarded these
+                        lines = (
+                            conventions.new_log_lines(logs, begin, final=final)[0]
+                            if begin < offset
+                            else []
+                        )
+                    self.log_offset = max(offset, begin)
                 for line in lines:
                     self.log.info("[ray job] %s", line)
-                if offset != self.log_offset:
-                    self.log_offset = offset
-                    await self._record_log_offset(conventions, started)
                 if final:
                     break
                 await asyncio.sleep(self.poll_interval)
@@ -360,15 +365,19 @@ class RayJobTrigger(BaseTrigger):
             )
             self.log_offset = saved
 
-    async def _record_log_offset(self, conventions: Any, started: int | None) -> None:
-        """Record the offset forwarded so far (in a thread; at worst, when it cannot be
-        written, a restarted trigger forwards these lines again)."""
+    async def _claim_log_range(self, conventions: Any, started: int | None, end: int) -> int:
+        """Record, before forwarding, that this trigger forwards the log up to ``end``; where
+        its forwarding starts (later than ``log_offset`` when another trigger of the job, run
+        at once during a triggerers' hand-over, already forwarded past it). In a thread; at
+        worst, when the record cannot be written, a restarted trigger forwards these lines
+        again."""
         try:
-            await asyncio.to_thread(
-                conventions.write_log_offset, self.submission_id, started, self.log_offset
+            return await asyncio.to_thread(
+                conventions.claim_log_offset, self.submission_id, started, self.log_offset, end
             )
         except OSError as exc:
             self.log.debug("could not record the log offset of %s: %s", self.submission_id, exc)
+            return self.log_offset
 
     async def on_kill(self) -> None:
         """The user killed the task (mark failed / clear / mark success): record the stop,

@@ -11,6 +11,7 @@ keep it free of any import outside the standard library, and of relative imports
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -137,14 +138,41 @@ def write_log_offset(
         raise
 
 
+def claim_log_offset(
+    submission_id: str,
+    started: int | None,
+    start: int,
+    end: int,
+    *,
+    home: str | os.PathLike | None = None,
+) -> int:
+    """Record, before forwarding them, that the caller forwards the job's log from ``start``
+    to ``end``; where its forwarding starts: ``start``, or later when another forwarder of the
+    job already recorded more (two triggers of one job run at once while triggerers hand it
+    over), so no range is forwarded twice. Serialized by a lock file beside the record.
+    Raises ``OSError`` when the folder cannot be written. Blocking file I/O: in an event loop,
+    call it in a thread."""
+    path = _offset_file(submission_id, home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        saved = read_log_offset(submission_id, started, home=home)
+        if end > saved:
+            write_log_offset(submission_id, started, end, home=home)
+        return max(start, saved)
+
+
 def forget_log_offset(submission_id: str, *, home: str | os.PathLike | None = None) -> None:
-    """Remove the job's record (its forwarding is over and its offset kept elsewhere)."""
-    _offset_file(submission_id, home).unlink(missing_ok=True)
+    """Remove the job's record and its lock file (its forwarding is over and its offset kept
+    elsewhere)."""
+    path = _offset_file(submission_id, home)
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + ".lock").unlink(missing_ok=True)
 
 
 def _remove_old_offsets(folder: Path) -> None:
     cutoff = time.time() - LOG_OFFSET_MAX_AGE_S
-    for old in folder.glob("*.json"):
+    for old in [*folder.glob("*.json"), *folder.glob("*.json.lock")]:
         try:
             if old.stat().st_mtime < cutoff:
                 old.unlink()

@@ -17,11 +17,12 @@ event, is blocked meanwhile (and then reassigns the triggers it thinks deadlocke
 
 It forwards the job's new log lines into the task's log as they come, from the offset the
 task left off at when it deferred, and fires one event when the job ends, with the offset the
-task's next try starts from. After each poll that forwarded lines it records the offset in a
-small file keyed by the job (``$SHARDTRAIN_HOME/jobs/log_offsets/<submission id>.json``,
-written in a thread, with the job's start time so that a later job of the same id is not
-taken for it): a trigger started again by a triggerer restart resumes from there, not from
-the offset at deferral. (Airflow 3.3's triggerer offers no task state store to a trigger, and
+task's next try starts from. Before it forwards new lines it records the offset they reach
+in a small file keyed by the job (``$SHARDTRAIN_HOME/jobs/log_offsets/<submission id>.json``,
+written in a thread under a lock, with the job's start time so that a later job of the same
+id is not taken for it): a trigger started again by a triggerer restart resumes from there,
+not from the offset at deferral, and of two triggers of the job running at once during the
+hand-over, only one forwards each line. (Airflow 3.3's triggerer offers no task state store to a trigger, and
 an XCom goes through its supervisor: see above.) A triggerer that comes back on another host
 does not see the file and forwards again the lines since the deferral. When a user marks the deferred task failed, clears it or marks it successful, the
 triggerer awaits ``on_kill`` (at most ``[triggerer] on_kill_timeout``, 30 s by default): it
